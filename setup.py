@@ -1,0 +1,31 @@
+"""tornadoproxy: a self-hosted gateway in front of the ChatGPT web backend and the OpenAI Platform API."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tornadoproxy",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.11",
+    packages=find_packages(include=["tornadoproxy", "tornadoproxy.*"]),
+    install_requires=[
+        "tornado>=6.6,<6.7",  # the fetcher relies on 6.6's curl client (streaming buffer, handle reset)
+        "pycurl>=7.45",
+        "cachetools>=5.3",
+        "PyYAML>=6.0",
+        "prometheus-client>=0.20",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "openai>=1.40",
+            "hypothesis>=6.100",
+            "ruff>=0.6",
+            "mypy>=1.10",
+            "types-PyYAML",
+            "types-cachetools",
+        ],
+    },
+    entry_points={"console_scripts": ["tornadoproxy = tornadoproxy.__main__:main"]},
+)

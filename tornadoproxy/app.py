@@ -1,0 +1,60 @@
+"""make_app: every family's ROUTES in one tornado Application, with the per-request record.
+
+`record_request` is the application's log_function, the one place where each request is counted,
+timed and written to the access log.
+"""
+
+from __future__ import annotations
+
+from tornado.web import Application, RequestHandler
+
+from tornadoproxy.handlers import ops, platform
+from tornadoproxy.handlers.base import RELAY_METHODS, BaseHandler
+from tornadoproxy.handlers.ops import NotFoundHandler
+from tornadoproxy.handlers.routing import Route, route_specs
+from tornadoproxy.logs import access_line
+from tornadoproxy.services import Services
+
+_KNOWN_METHODS = frozenset(RELAY_METHODS + ("OPTIONS",))
+
+
+def all_routes() -> list[Route]:
+    """Every route the gateway serves, in matching order."""
+    return ops.ROUTES + platform.ROUTES
+
+
+def make_app(services: Services) -> Application:
+    def record_request(handler: RequestHandler) -> None:
+        _record(services, handler)
+
+    return Application(
+        route_specs(all_routes(), services),
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"services": services},
+        log_function=record_request,
+        compress_response=False,
+    )
+
+
+def _record(services: Services, handler: RequestHandler) -> None:
+    status = handler.get_status()
+    seconds = handler.request.request_time()
+    method = handler.request.method if handler.request.method in _KNOWN_METHODS else "other"
+    route = getattr(handler, "route", "(unmatched)")
+    services.metrics.observe_request(route, method or "other", status, seconds)
+    if not services.config.logging.access_log:
+        return
+    fields: dict[str, object] = {
+        "route": route,
+        "method": method,
+        "status": status,
+        "duration_ms": round(seconds * 1000, 3),
+        "client": handler.client_address if isinstance(handler, BaseHandler) else handler.request.remote_ip,
+    }
+    if isinstance(handler, BaseHandler):
+        fields["upstream_status"] = handler.upstream_status
+        fields["bytes"] = handler.bytes_out
+        fields["stream"] = handler.streamed
+        if handler.stream_end is not None:
+            fields["stream_end"] = handler.stream_end
+    access_line(fields)

@@ -1,0 +1,378 @@
+"""Configuration: YAML validated once at start-up into frozen dataclasses (shared/spec/gateway.md).
+
+Every option is declared once below, with its type, default and help text; `load_config` checks the
+file against these declarations and fails with a `ConfigError` naming the key path. This module is
+the only YAML reader and reads the environment only through the mapping it is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+
+MIB = 1024 * 1024
+PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message starts with the key path."""
+
+
+Check = Callable[[Any], "str | None"]
+
+
+def option(default: Any, help: str, check: Check | None = None) -> Any:
+    """Declare one option: its default, its help text (the docs) and an optional value check."""
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples or default factories for mutable defaults")
+    return field(default=default, metadata={"help": help, "check": check})
+
+
+def section(cls: type, help: str) -> Any:
+    return field(default_factory=cls, metadata={"help": help, "check": None})
+
+
+def _between(low: float, high: float) -> Check:
+    def check(value: float) -> str | None:
+        return None if low <= value <= high else f"must be between {low:g} and {high:g}"
+
+    return check
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must not be negative"
+
+
+def _http_url(value: str) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL"
+    if parts.query or parts.fragment or parts.username or parts.password:
+        return "must be a plain http(s) URL without query, fragment or credentials"
+    return None
+
+
+def proxy_url_problem(value: str) -> str | None:
+    """Why `value` is not an egress proxy URL (or "direct" / empty), or None when it is one."""
+    if value in ("", "direct"):
+        return None
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return "is not a valid proxy URL (a port outside 1-65535 or a malformed address)"
+    if parts.scheme not in PROXY_SCHEMES:
+        return "must use one of the schemes " + ", ".join(PROXY_SCHEMES) + ' (or be "direct")'
+    if not parts.hostname or port is None:
+        return "must name a host and a port, e.g. socks5h://127.0.0.1:1080"
+    return None
+
+
+def _ip_networks(value: tuple[str, ...]) -> str | None:
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return f"{item!r} is not an IP address or network"
+    return None
+
+
+def _log_level(value: str) -> str | None:
+    levels = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+    return None if value.upper() in levels else "must be one of " + ", ".join(levels)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = option("0.0.0.0", "address to listen on")
+    port: int = option(8080, "port to listen on (env GO_CHATGPT_API_PORT or PORT wins)", _between(1, 65535))
+    max_body_size: int = option(
+        100 * MIB, "largest request body in bytes; larger requests get 413", _positive
+    )
+    max_header_size: int = option(
+        64 * 1024, "largest request header block in bytes", _between(1024, 1024 * 1024)
+    )
+    idle_connection_timeout: float = option(
+        120.0, "seconds a client connection may sit idle between requests", _positive
+    )
+    body_timeout: float = option(60.0, "seconds a client may take to send a request body", _positive)
+    cors_origins: tuple[str, ...] = option(("*",), "origins allowed by CORS; '*' allows any")
+    drain_timeout: float = option(
+        30.0,
+        "on SIGTERM, seconds open requests and streams may take to finish before they are ended",
+        _non_negative,
+    )
+    trusted_proxies: tuple[str, ...] = option(
+        (),
+        "networks of load balancers whose X-Forwarded-For is trusted for the client "
+        "address (logs, rate limits)",
+        _ip_networks,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamsConfig:
+    chatgpt: str = option("https://chatgpt.com", "ChatGPT web backend base URL", _http_url)
+    auth: str = option("https://auth0.openai.com", "Auth0 tenant used by the logins", _http_url)
+    platform: str = option("https://api.openai.com", "Platform API base URL", _http_url)
+    platform_web: str = option("https://platform.openai.com", "platform web app (login callback)", _http_url)
+
+
+@dataclass(frozen=True, slots=True)
+class EgressConfig:
+    proxy: str = option(
+        "",
+        "proxy for every outbound request: http://, https://, socks5:// or socks5h:// with "
+        "optional user:pass@; empty or 'direct' for none (env GO_CHATGPT_API_PROXY or PROXY wins)",
+        proxy_url_problem,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ProfilesConfig:
+    chatgpt: str = option("chrome", "client profile for the ChatGPT backend (chrome, firefox, okhttp, plain)")
+    auth: str = option("chrome", "client profile for the login flows (auth and platform web hosts)")
+    platform: str = option("plain", "client profile for the Platform API")
+
+
+@dataclass(frozen=True, slots=True)
+class FetchConfig:
+    max_clients: int = option(
+        10000,
+        "upstream requests in flight at once (streams included); the gate in front answers 503",
+        _between(1, 1_000_000),
+    )
+    queue_timeout: float = option(
+        1.0, "seconds a request may wait for a free upstream slot before 503", _non_negative
+    )
+    connect_timeout: float = option(
+        10.0, "seconds to connect to the upstream (proxy handshake and TLS included)", _positive
+    )
+    idle_timeout: int = option(
+        300,
+        "seconds without a byte from the upstream before the request fails (also bounds the "
+        "wait for the first byte); there is never a total timeout",
+        _between(1, 86400),
+    )
+    buffer_size: int = option(
+        1024 * 1024,
+        "a non-streaming upstream body up to this many bytes is sent with Content-Length; "
+        "larger ones are relayed as they arrive",
+        _between(1024, 1024 * MIB),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamsConfig:
+    keepalive_interval: float = option(
+        15.0,
+        "seconds of upstream silence after which an SSE comment keeps the client connection "
+        "alive; 0 turns keep-alives off",
+        _non_negative,
+    )
+    max_event_size: int = option(
+        4 * MIB, "largest single SSE event relayed; a larger one ends the stream", _positive
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = option("INFO", "log level of the gateway's own messages", _log_level)
+    format: Literal["json", "text"] = option("json", "one JSON object per line, or plain text")
+    access_log: bool = option(True, "one line per request (route template, status, duration...)")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = section(ServerConfig, "the listening side")
+    upstreams: UpstreamsConfig = section(UpstreamsConfig, "where requests go")
+    egress: EgressConfig = section(EgressConfig, "how requests leave the host")
+    profiles: ProfilesConfig = section(ProfilesConfig, "which client profile each upstream sees")
+    fetch: FetchConfig = section(FetchConfig, "the upstream HTTP client")
+    streams: StreamsConfig = section(StreamsConfig, "Server-Sent Events relays")
+    logging: LoggingConfig = section(LoggingConfig, "logs")
+
+
+def load_config(path: str | None, environ: Mapping[str, str]) -> Config:
+    """Read `path` (YAML; None means all defaults), apply the environment, validate everything."""
+    raw: Any = {}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as stream:
+                raw = yaml.safe_load(stream)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where is not None else ""
+            raise ConfigError(f"{path}: not valid YAML{line}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("(top level): must be a mapping of sections")
+    return build(Config, _apply_environment(raw, environ), "")
+
+
+def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """The original gateway's variables; the first one set wins, and the environment beats the file."""
+    overrides = (
+        (("GO_CHATGPT_API_PORT", "PORT"), "server", "port", _parse_env_port),
+        (("GO_CHATGPT_API_PROXY", "PROXY"), "egress", "proxy", _parse_env_text),
+    )
+    merged = dict(raw)
+    for names, section_name, key, parse in overrides:
+        name = next((n for n in names if environ.get(n, "") != ""), None)
+        if name is None:
+            continue
+        current = merged.get(section_name) or {}
+        if not isinstance(current, dict):
+            continue  # build() reports the bad section itself
+        merged[section_name] = {**current, key: parse(environ[name], name)}
+    return merged
+
+
+def _parse_env_text(value: str, _name: str) -> str:
+    return value
+
+
+def _parse_env_port(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name} (server.port): must be an integer, got {value!r}") from None
+
+
+def build(cls: type, data: Any, path: str) -> Any:
+    """Turn a mapping into the frozen dataclass `cls`, checking keys, types and values."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or '(top level)'}: must be a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{_join(path, str(key))}: unknown key (known here: {known})")
+    values = {}
+    for name, spec in fields.items():
+        if name not in data:
+            continue
+        key_path = _join(path, name)
+        value = _convert(hints[name], data[name], key_path)
+        check = spec.metadata.get("check")
+        problem = check(value) if check is not None else None
+        if problem:
+            raise ConfigError(f"{key_path}: {problem}, got {_show(data[name])}")
+        values[name] = value
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return build(hint, value, path)
+    if origin in (typing.Union, types.UnionType):
+        return _convert_union(typing.get_args(hint), value, path)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{path}: must be one of {', '.join(map(str, choices))}, got {_show(value)}")
+        return value
+    if origin is tuple:
+        return _convert_tuple(typing.get_args(hint)[0], value, path)
+    if origin is dict:
+        return _convert_mapping(typing.get_args(hint)[1], value, path)
+    return _convert_scalar(hint, value, path)
+
+
+def _convert_union(choices: tuple[Any, ...], value: Any, path: str) -> Any:
+    if value is None and type(None) in choices:
+        return None
+    errors = []
+    for choice in choices:
+        if choice is type(None):
+            continue
+        try:
+            return _convert(choice, value, path)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    raise ConfigError(errors[-1] if errors else f"{path}: unexpected value")
+
+
+def _convert_tuple(item: Any, value: Any, path: str) -> tuple[Any, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: must be a list, got {_show(value)}")
+    return tuple(_convert(item, element, f"{path}[{index}]") for index, element in enumerate(value))
+
+
+def _convert_mapping(item: Any, value: Any, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: must be a mapping, got {_show(value)}")
+    converted = {}
+    for key, element in value.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"{path}: keys must be non-empty strings, got {_show(key)}")
+        converted[key] = _convert(item, element, _join(path, key))
+    return types.MappingProxyType(converted)
+
+
+def _convert_scalar(hint: Any, value: Any, path: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: must be true or false, got {_show(value)}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: must be an integer, got {_show(value)}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{path}: must be a number, got {_show(value)}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path}: must be a string, got {_show(value)}")
+    raise TypeError(f"unsupported option type {hint!r} at {path}")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _show(value: Any) -> str:
+    """A short description of a bad value; strings are not echoed in full (they may be secrets)."""
+    if isinstance(value, str):
+        return "a string" if len(value) > 40 or "@" in value else repr(value)
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "a " + type(value).__name__
+
+
+def describe(cls: type = Config, path: str = "") -> list[tuple[str, Any, str]]:
+    """Every option as (key path, default, help): the source of the docs and of their tests."""
+    rows: list[tuple[str, Any, str]] = []
+    hints = typing.get_type_hints(cls)
+    defaults = cls()
+    for spec in dataclasses.fields(cls):
+        key_path = _join(path, spec.name)
+        if dataclasses.is_dataclass(hints[spec.name]):
+            rows.extend(describe(hints[spec.name], key_path))
+        else:
+            rows.append((key_path, getattr(defaults, spec.name), spec.metadata["help"]))
+    return rows

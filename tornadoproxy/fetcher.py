@@ -1,0 +1,474 @@
+"""The one upstream HTTP client: pycurl through tornado.curl_httpclient, behind a bounded gate.
+
+`Fetcher.open()` starts a request and returns an `Exchange` whose status and headers arrive before
+its body, which is then read chunk by chunk as libcurl receives it, so streams are never buffered.
+This is the only module that calls `setopt` and the only one that knows curl error numbers; it
+turns them into `UpstreamError`s. Every option the gateway owns is set on every request, because
+tornado reuses curl handles (shared/PITFALLS.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pycurl
+from tornado.curl_httpclient import CurlAsyncHTTPClient, CurlError
+from tornado.httpclient import HTTPRequest, HTTPResponse
+from tornado.ioloop import IOLoop
+
+from tornadoproxy.config import FetchConfig
+from tornadoproxy.egress import EgressProxy
+from tornadoproxy.errors import GatewayBusy, UpstreamError, egress_proxy_error, upstream_timeout
+from tornadoproxy.metrics import Metrics
+from tornadoproxy.profiles import ClientProfile
+
+log = logging.getLogger(__name__)
+
+CURLE_ABORTED_BY_CALLBACK = 42
+# Pause the transfer when this much body waits for a slow client; resume below the low mark.
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
+# Buffered fetches (logins, probes) never hold more than this.
+_MAX_BUFFERED = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRoute:
+    """How requests to one upstream leave the host: its origin, egress proxy and client profile."""
+
+    name: str
+    origin: str
+    proxy: EgressProxy
+    profile: ClientProfile
+
+    def curl_options(self) -> tuple[tuple[int, Any], ...]:
+        return self.proxy.curl_options() + self.profile.curl_options()
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """One request to send; `headers` are the client's headers to merge into the profile."""
+
+    upstream: str
+    method: str
+    url: str
+    headers: Sequence[tuple[str, str]] = ()
+    body: bytes | None = None
+
+
+class Gate:
+    """At most `capacity` upstream requests at once; a request waits at most `wait` seconds."""
+
+    def __init__(self, capacity: int, wait: float, metrics: Metrics) -> None:
+        self._free = capacity
+        self._wait = wait
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._metrics = metrics
+
+    async def acquire(self) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            self._metrics.gate_in_flight.inc()
+            return
+        if self._wait <= 0:
+            self._reject()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), self._wait)
+        except TimeoutError:
+            if waiter.done() and not waiter.cancelled():
+                return  # granted just as the wait ran out: keep the slot
+            waiter.cancel()
+            self._reject()
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()
+            waiter.cancel()
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes straight to the waiter
+                return
+        self._free += 1
+        self._metrics.gate_in_flight.dec()
+
+    def _reject(self) -> None:
+        self._metrics.gate_rejected.inc()
+        raise GatewayBusy(
+            "the gateway is handling as many upstream requests as it is configured for "
+            "(fetch.max_clients); retry shortly",
+            retry_after=1,
+        )
+
+
+class Exchange:
+    """One upstream request in flight: status and headers first, then the body as it arrives."""
+
+    def __init__(self, fetcher: Fetcher, request: UpstreamRequest, route: UpstreamRoute) -> None:
+        self.request = request
+        self.route = route
+        self.status = 0
+        self.reason = ""
+        self.headers: list[tuple[str, str]] = []
+        self.headers_complete = False
+        self.finished = False
+        self.error: UpstreamError | None = None
+        self.aborted_reason: str | None = None
+        self.started_at = time.monotonic()
+        self._last_activity = self.started_at
+        self._fetcher = fetcher
+        self._curl: pycurl.Curl | None = None
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._paused = False
+        self._early: list[bytes] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    # -- the consumer side (handlers) -----------------------------------------------------------
+    async def wait_headers(self) -> None:
+        """Return once the final status and headers are in; raise UpstreamError if none will come."""
+        while not self.headers_complete:
+            if self.finished or self.aborted_reason is not None:
+                raise self.error or UpstreamError(
+                    f"the {self.route.name} upstream closed the connection without a response"
+                )
+            await self._wait()
+
+    async def read(self, timeout: float | None = None) -> bytes | None:
+        """The body bytes received so far (waiting for some), b"" if `timeout` passed without
+        any, None at the end or once aborted. Raises UpstreamError if the transfer failed midway."""
+        if not self._chunks and not self.finished and self.aborted_reason is None:
+            await self._wait(timeout)
+        if self.aborted_reason is not None:
+            if self.error is not None:
+                raise self.error
+            return None
+        if self._chunks:
+            data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+            self._chunks.clear()
+            self._buffered = 0
+            if self._paused:
+                self._resume()
+            return data
+        if self.finished:
+            if self.error is not None:
+                raise self.error
+            return None
+        return b""
+
+    def abort(self, reason: str, error: UpstreamError | None = None) -> None:
+        """Stop the transfer (client gone, shutdown, idle); libcurl notices within about a second.
+        With `error`, the consumer sees that error instead of the end of the body."""
+        if not self.finished and self.aborted_reason is None:
+            self.aborted_reason = reason
+            self.error = error
+            if self._paused:
+                self._resume()  # a paused transfer only sees the abort once it runs again
+            self._wake()
+
+    async def _wait(self, timeout: float | None = None) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        if timeout is None:
+            await waiter
+            return
+        handle = IOLoop.current().call_later(timeout, self._wake)
+        try:
+            await waiter
+        finally:
+            IOLoop.current().remove_timeout(handle)
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def arm_idle_timer(self, idle: float) -> None:
+        """Fail the exchange after `idle` seconds without a byte from the upstream.
+
+        libcurl's own LOW_SPEED_TIME fires about seven seconds late (its speed is an average over
+        the last five seconds), so the idle timeout is ours: one timer per exchange, re-armed
+        only when it fires, and a timestamp per chunk."""
+
+        def check() -> None:
+            if self.finished or self.aborted_reason is not None:
+                return
+            silent = time.monotonic() - self._last_activity
+            if silent < idle:
+                IOLoop.current().call_later(idle - silent, check)
+                return
+            self._fetcher.metrics.count_upstream_error(self.route.name, "timeout")
+            message = f"the {self.route.name} upstream sent nothing for {idle:g} s (fetch.idle_timeout)"
+            self.abort("idle_timeout", upstream_timeout(message))
+
+        IOLoop.current().call_later(idle, check)
+
+    # -- the producer side (libcurl, through tornado) -------------------------------------------
+    def on_curl_ready(self, curl: pycurl.Curl) -> None:
+        self._curl = curl
+
+    def on_progress(self, _dltotal: int, _dlnow: int, _ultotal: int, _ulnow: int) -> int:
+        return 1 if self.aborted_reason is not None else 0
+
+    def on_header_line(self, line: str) -> None:
+        self._last_activity = time.monotonic()
+        if line.startswith("HTTP/"):
+            # A new status line starts a new header block (1xx, proxy CONNECT, redirect).
+            parts = line.split(" ", 2)
+            self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            self.reason = parts[2].strip() if len(parts) > 2 else ""
+            self.headers = []
+        elif line == "\r\n" or line == "\n":
+            if self.status >= 200 and not self.headers_complete:
+                self._headers_done()
+        else:
+            name, _, value = line.partition(":")
+            if name and not name[0].isspace():
+                self.headers.append((name.strip(), value.strip()))
+
+    def _headers_done(self) -> None:
+        self.headers_complete = True
+        self._fetcher.metrics.observe_first_byte(self.route.name, time.monotonic() - self.started_at)
+        if self._early:
+            for chunk in self._early:
+                self._add(chunk)
+            self._early = []
+        self._wake()
+
+    def on_body(self, chunk: bytes) -> None:
+        self._last_activity = time.monotonic()
+        # Tornado may deliver the last chunks synchronously at the end of a transfer, before the
+        # header lines it queued: hold them until the header block is complete.
+        if not self.headers_complete:
+            self._early.append(chunk)
+            return
+        self._add(chunk)
+        self._wake()
+
+    def _add(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered > _HIGH_WATER and not self._paused and self._curl is not None:
+            try:
+                self._curl.pause(pycurl.PAUSE_RECV)
+                self._paused = True
+            except pycurl.error:
+                pass  # the transfer is already ending
+
+    def _resume(self) -> None:
+        self._paused = False
+        if self._curl is not None:
+            try:
+                self._curl.pause(pycurl.PAUSE_CONT)
+            except pycurl.error:
+                pass
+
+    def on_finished(self, response: HTTPResponse) -> None:
+        self._curl = None  # tornado resets and reuses the handle from now on
+        self._paused = False
+        self.finished = True
+        self._fetcher.release(self)
+        # A non-2xx answer is data: only a CurlError (code 599) is a transport failure.
+        failed = isinstance(response.error, CurlError)
+        if failed and self.aborted_reason is None:
+            self.error = self._fetcher.classify(self, response.error)  # type: ignore[arg-type]
+        elif not failed and not self.headers_complete:
+            self.status = response.code
+            self.headers = [(k, v) for k, v in response.headers.get_all() if k != "X-Http-Reason"]
+            self._headers_done()
+        for chunk in self._early:
+            self._add(chunk)
+        self._early = []
+        self._wake()
+
+
+class Fetcher:
+    """The process's upstream client; built once at start-up by the composition root."""
+
+    def __init__(self, config: FetchConfig, routes: Mapping[str, UpstreamRoute], metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._routes = dict(routes)
+        self._route_options = {name: route.curl_options() for name, route in routes.items()}
+        # force_instance: never the shared per-IOLoop singleton, whose max_clients is fixed at 10.
+        self._client = CurlAsyncHTTPClient(
+            force_instance=True, max_clients=config.max_clients, max_body_size=1 << 62
+        )
+        self._gate = Gate(config.max_clients, config.queue_timeout, metrics)
+        self._open: set[Exchange] = set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._open)
+
+    def route(self, upstream: str) -> UpstreamRoute:
+        return self._routes[upstream]
+
+    async def open(self, request: UpstreamRequest) -> Exchange:
+        """Take a gate slot (or raise GatewayBusy) and start the request."""
+        route = self._routes[request.upstream]
+        await self._gate.acquire()
+        exchange = Exchange(self, request, route)
+        self._open.add(exchange)
+        options = self._route_options[request.upstream]
+        header_lines = route.profile.header_lines(request.headers, route.origin)
+        idle = self.config.idle_timeout
+
+        def prepare(curl: pycurl.Curl) -> None:
+            for option, value in options:
+                curl.setopt(option, value)
+            curl.setopt(pycurl.HTTPHEADER, header_lines)
+            curl.setopt(pycurl.NOSIGNAL, 1)
+            curl.setopt(pycurl.TCP_NODELAY, 1)
+            curl.setopt(pycurl.TCP_KEEPALIVE, 1)
+            curl.setopt(pycurl.NOPROGRESS, 0)
+            curl.setopt(pycurl.XFERINFOFUNCTION, exchange.on_progress)
+            # LOW_SPEED_* arm a one-second timer in libcurl that lets the progress callback see an
+            # abort even while the upstream is silent; they are also a backstop for our idle timer.
+            curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+            curl.setopt(pycurl.LOW_SPEED_TIME, idle)
+            exchange.on_curl_ready(curl)
+
+        body = request.body if request.method not in ("GET", "HEAD") else None
+        http_request = HTTPRequest(
+            request.url,
+            method=request.method,
+            body=body,
+            connect_timeout=self.config.connect_timeout,
+            request_timeout=0,  # never a total timeout: streams last as long as the answer
+            follow_redirects=False,
+            max_redirects=0,
+            decompress_response=False,
+            allow_nonstandard_methods=True,
+            validate_cert=True,
+            proxy_password="",
+            header_callback=exchange.on_header_line,
+            streaming_callback=exchange.on_body,
+            prepare_curl_callback=prepare,
+        )
+        # fetch_impl is the client's documented implementation hook; calling it directly gives us
+        # the raw HTTPResponse (with curl's errno) and spares a Future per request.
+        self._client.fetch_impl(http_request, exchange.on_finished)
+        exchange.arm_idle_timer(self.config.idle_timeout)
+        return exchange
+
+    async def fetch(self, request: UpstreamRequest) -> tuple[Exchange, bytes]:
+        """Send `request` and read its whole (bounded) body: for logins and probes, not relays."""
+        exchange = await self.open(request)
+        try:
+            await exchange.wait_headers()
+            parts = []
+            size = 0
+            while (chunk := await exchange.read()) is not None:
+                parts.append(chunk)
+                size += len(chunk)
+                if size > _MAX_BUFFERED:
+                    raise UpstreamError(
+                        f"the {request.upstream} upstream sent a body over {_MAX_BUFFERED} bytes",
+                        kind="protocol",
+                    )
+            return exchange, b"".join(parts)
+        finally:
+            exchange.abort("done")
+
+    def release(self, exchange: Exchange) -> None:
+        if exchange in self._open:
+            self._open.discard(exchange)
+            self._gate.release()
+
+    def abort_all(self, reason: str) -> None:
+        for exchange in list(self._open):
+            exchange.abort(reason)
+
+    def classify(self, exchange: Exchange, error: BaseException) -> UpstreamError:
+        """Translate a transport failure into the gateway error a client sees (and count it)."""
+        failure = _classify(exchange, error, self.config.idle_timeout)
+        self.metrics.count_upstream_error(exchange.route.name, failure.kind)
+        log.warning("upstream %s failed: %s (%s)", exchange.route.name, failure.code, failure.kind)
+        return failure
+
+    def close(self) -> None:
+        self._client.close()
+
+
+# curl errno -> (kind, what happened) for failures on the way to the upstream itself.
+_DIRECT_FAILURES = {
+    6: ("dns", "its host name could not be resolved"),
+    7: ("unreachable", "the connection was refused"),
+    18: ("reset", "it closed the connection before the body was complete"),
+    35: ("tls", "the TLS handshake failed"),
+    52: ("reset", "it closed the connection without answering"),
+    55: ("reset", "sending the request failed (connection reset)"),
+    56: ("reset", "the connection was reset"),
+    60: ("tls", "its TLS certificate was not trusted"),
+    16: ("protocol", "an HTTP/2 framing error occurred"),
+    92: ("protocol", "an HTTP/2 stream error occurred"),
+    8: ("protocol", "it sent a malformed response"),
+    1: ("protocol", "it answered with an unsupported protocol"),
+    59: ("tls", "libcurl rejected the client profile's cipher or curve list"),
+}
+
+
+def _classify(exchange: Exchange, error: BaseException, idle_timeout: int) -> UpstreamError:
+    errno = error.errno if isinstance(error, CurlError) else 0
+    name = exchange.route.name
+    proxy = exchange.route.proxy
+    if errno == 28:
+        if exchange.headers_complete:
+            return upstream_timeout(
+                f"the {name} upstream sent nothing for {idle_timeout} s (fetch.idle_timeout)"
+            )
+        if not proxy.is_direct and _while_connecting(error):
+            return egress_proxy_error(
+                f"the egress proxy {proxy.label} did not complete the connection to the {name} "
+                "upstream within fetch.connect_timeout",
+                "proxy_timeout",
+            )
+        return upstream_timeout(f"the {name} upstream did not answer in time")
+    if not proxy.is_direct:
+        proxy_failure = _proxy_failure(errno, str(error))
+        if proxy_failure is not None:
+            kind, what = proxy_failure
+            return egress_proxy_error(f"the egress proxy {proxy.label} failed: {what}", kind)
+    kind, what = _DIRECT_FAILURES.get(errno, ("unreachable", f"the transfer failed (curl error {errno})"))
+    return UpstreamError(f"the {name} upstream could not be reached: {what}", kind=kind)
+
+
+def _while_connecting(error: BaseException) -> bool:
+    """libcurl says "Connection timed out" for the connect phase (proxy handshake included) and
+    "Operation too slow" for the idle timeout."""
+    return "connection timed out" in str(error).lower()
+
+
+def _proxy_failure(errno: int, message: str) -> tuple[str, str] | None:
+    """Classify a failure that happened at the egress proxy, or None if it happened beyond it."""
+    lowered = message.lower()
+    if errno == 5:
+        return "proxy_dns", "its host name could not be resolved"
+    if errno == 7:
+        # With a proxy in the path, a refused connect is the proxy's; the upstream's own refusal
+        # comes back as a failed tunnel (HTTP proxies) or a SOCKS error.
+        if "tunnel failed" not in lowered:
+            return "proxy_refused", "the connection to the proxy was refused"
+        if "407" in lowered or "401" in lowered:
+            return "proxy_auth", "it rejected the proxy credentials"
+        return "proxy_error", "it refused to open a tunnel to the upstream"
+    if errno == 97:
+        if "auth" in lowered or "user" in lowered or "password" in lowered:
+            return "proxy_auth", "it rejected the proxy credentials"
+        if "resolve" in lowered or "host unreachable" in lowered or "name" in lowered:
+            return "proxy_dns", "it could not resolve or reach the upstream host"
+        return "proxy_error", "the SOCKS handshake failed"
+    if errno == 56 and "proxy" in lowered:
+        return "proxy_error", "it closed the tunnel"
+    return None

@@ -1,0 +1,98 @@
+"""What crosses the gateway: checked request paths, upstream URLs, and headers in both directions.
+
+The gateway is never an open proxy (shared/spec/gateway.md, "Routes"): the raw request target is
+checked before anything is decoded, because tornado neither normalises `..` nor refuses `%2F`, and
+libcurl would remove dot segments on the way out (shared/PITFALLS.md). Headers pass by allowlist in
+both directions, so a client's Host, Cookie or X-Forwarded-For never reaches the upstream and the
+upstream's Set-Cookie or hop-by-hop headers never reach the client.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from tornadoproxy.errors import BadRequest
+
+# An escape that decodes to "." "/" "\" or "%", a NUL or a malformed escape: never in a sane path.
+_BAD_ESCAPE = re.compile(r"%(?:2[eEfF5]|5[cC]|00|(?![0-9a-fA-F]{2}))")
+_BAD_CHARACTER = re.compile(r"[^\x21-\x7e]|\\")
+
+FORWARDED_REQUEST_HEADERS = frozenset(
+    {"authorization", "content-type", "accept", "accept-language", "idempotency-key"}
+)
+FORWARDED_REQUEST_PREFIXES = ("openai-", "oai-", "chatgpt-", "x-openai-")
+
+RELAYED_RESPONSE_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-disposition",
+        "content-language",
+        "cache-control",
+        "etag",
+        "last-modified",
+        "location",
+        "retry-after",
+        "retry-after-ms",
+        "x-request-id",
+        "cf-ray",
+    }
+)
+RELAYED_RESPONSE_PREFIXES = ("openai-", "x-ratelimit-", "x-openai-")
+
+
+def check_raw_path(path: str) -> None:
+    """Refuse a request target that could leave its route's prefix or smuggle a host (400)."""
+    if not path.startswith("/"):
+        raise BadRequest("absolute-form and authority-form request targets are not accepted")
+    if _BAD_CHARACTER.search(path):
+        raise BadRequest("the request path contains a backslash, a control or a non-ASCII character")
+    if _BAD_ESCAPE.search(path):
+        raise BadRequest("the request path contains an encoded '.', '/', '\\', '%' or NUL, or a bad escape")
+    if "//" in path:
+        raise BadRequest("the request path contains an empty segment")
+    for segment in path.split("/"):
+        if segment in (".", ".."):
+            raise BadRequest("the request path contains a '.' or '..' segment")
+
+
+def upstream_url(base: str, path: str, query: str) -> str:
+    """`base` (from the config, no trailing slash) + an already checked raw `path` + raw `query`."""
+    url = base + path
+    return url + "?" + query if query else url
+
+
+def forwarded_request_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The client's headers that the upstream needs, in the client's order."""
+    kept = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in FORWARDED_REQUEST_HEADERS or lowered.startswith(FORWARDED_REQUEST_PREFIXES):
+            kept.append((name, value))
+    return kept
+
+
+def relayed_response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The upstream's headers a client may see; lengths and codings are the gateway's own."""
+    kept = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in RELAYED_RESPONSE_HEADERS or lowered.startswith(RELAYED_RESPONSE_PREFIXES):
+            kept.append((name, value))
+    return kept
+
+
+def is_event_stream(headers: Iterable[tuple[str, str]]) -> bool:
+    """Streams are recognised by the upstream's Content-Type, never by what the client asked for."""
+    for name, value in headers:
+        if name.lower() == "content-type":
+            return value.lower().startswith("text/event-stream")
+    return False
+
+
+def header_value(headers: Iterable[tuple[str, str]], wanted: str) -> str | None:
+    wanted = wanted.lower()
+    for name, value in headers:
+        if name.lower() == wanted:
+            return value
+    return None

@@ -1,0 +1,1 @@
+"""HTTP handlers, one module per API family; each ends in a ROUTES list."""

@@ -1,0 +1,355 @@
+"""BaseHandler: request checks, JSON errors, CORS, credentials and the upstream relay pump.
+
+Every handler subclasses BaseHandler directly. Bodies are received in streaming mode so that the
+size limit is checked from Content-Length before a byte of the body is read (a 2 GB upload gets 413,
+not tornado's 400). Relays send status and headers first; SSE is written event by event with a
+flush after each, anything else is sent with a Content-Length when it fits `fetch.buffer_size`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import Any
+
+from tornado.iostream import StreamClosedError
+from tornado.web import HTTPError, RequestHandler, stream_request_body
+
+from tornadoproxy.errors import (
+    BadRequest,
+    GatewayBusy,
+    GatewayError,
+    MissingAuthorization,
+    PayloadTooLarge,
+    UpstreamError,
+)
+from tornadoproxy.fetcher import Exchange, UpstreamRequest
+from tornadoproxy.forwarding import (
+    check_raw_path,
+    forwarded_request_headers,
+    is_event_stream,
+    relayed_response_headers,
+)
+from tornadoproxy.services import Services
+from tornadoproxy.sse import EventSplitter, EventTooLarge, encode_comment, encode_event
+
+log = logging.getLogger(__name__)
+
+RELAY_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+_TORNADO_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+
+
+@stream_request_body
+class BaseHandler(RequestHandler):
+    SUPPORTED_METHODS = RELAY_METHODS + ("OPTIONS",)
+
+    def initialize(self, services: Services, route: str = "(unmatched)") -> None:
+        self.services = services
+        self.route = route
+        self.upstream_status: int | None = None
+        self.bytes_out = 0
+        self.streamed = False
+        self.stream_end: str | None = None
+        self._body_parts: list[bytes] = []
+        self._body_size = 0
+        self._deferred: GatewayError | None = None
+        self._exchange: Exchange | None = None
+        self.client_gone = False
+
+    # -- request intake ---------------------------------------------------------------------------
+    def prepare(self) -> None:
+        self._apply_cors()
+        limit = self.services.config.server.max_body_size
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            # Answered before the body is read; tornado then closes the connection.
+            self.set_header("Connection", "close")
+            self.fail(
+                PayloadTooLarge(f"the request body is larger than {limit} bytes (server.max_body_size)")
+            )
+            return
+        try:
+            check_raw_path(self.request.path)
+        except GatewayError as error:
+            # Answer once the (small) body is read: answering early can reset the client's socket.
+            self._deferred = error
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._deferred is not None or self._finished:
+            return
+        self._body_size += len(chunk)
+        limit = self.services.config.server.max_body_size
+        if self._body_size > limit:
+            self._body_parts = []
+            self.set_header("Connection", "close")
+            self.fail(
+                PayloadTooLarge(f"the request body is larger than {limit} bytes (server.max_body_size)")
+            )
+            return
+        self._body_parts.append(chunk)
+
+    @property
+    def body(self) -> bytes:
+        if len(self._body_parts) != 1:
+            self._body_parts = [b"".join(self._body_parts)]
+        return self._body_parts[0]
+
+    def check_request(self) -> None:
+        """Raise the error found while the request arrived, if any; every method calls this first."""
+        if self._deferred is not None:
+            raise self._deferred
+
+    def compute_etag(self) -> None:
+        return None  # relayed bodies are the upstream's; hashing them would only cost time
+
+    # -- responses --------------------------------------------------------------------------------
+    def set_default_headers(self) -> None:
+        self.clear_header("Server")
+        # Also called from RequestHandler.__init__, before initialize() has given us services.
+        if hasattr(self, "services"):
+            self._apply_cors()
+
+    def _apply_cors(self) -> None:
+        origins = self.services.config.server.cors_origins
+        if not origins:
+            return
+        if "*" in origins:
+            self.set_header("Access-Control-Allow-Origin", "*")
+            return
+        origin = self.request.headers.get("Origin")
+        if origin in origins:
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Vary", "Origin")
+
+    def options(self, *_args: str) -> None:
+        """CORS preflight, answered by the gateway for every route."""
+        self.check_request()
+        self.set_status(204)
+        if self.services.config.server.cors_origins:
+            self.set_header("Access-Control-Allow-Methods", ", ".join(self.SUPPORTED_METHODS))
+            requested = self.request.headers.get("Access-Control-Request-Headers")
+            self.set_header(
+                "Access-Control-Allow-Headers",
+                requested or "Authorization, X-Authorization, Content-Type, OpenAI-Organization",
+            )
+            self.set_header("Access-Control-Max-Age", "86400")
+        self.finish()
+
+    def fail(self, error: GatewayError) -> None:
+        """Answer with the gateway error JSON (if nothing was sent yet)."""
+        if self._finished:
+            return
+        if self._headers_written:
+            self.request.connection.stream.close()  # type: ignore[union-attr]
+            return
+        self.clear()
+        self.set_status(error.status)
+        for name, value in error.headers():
+            self.set_header(name, value)
+        self.set_header("Content-Type", "application/json")
+        self.finish(error.to_json())
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = _as_gateway_error(status_code, kwargs.get("exc_info"))
+        self.set_status(error.status)
+        for name, value in error.headers():
+            self.set_header(name, value)
+        self.set_header("Content-Type", "application/json")
+        self.finish(error.to_json())
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, GatewayError):
+            return  # an answer, not a fault: the access log has the status
+        if isinstance(value, HTTPError) and value.status_code < 500:
+            return
+        super().log_exception(typ, value, tb)
+
+    def on_connection_close(self) -> None:
+        self.client_gone = True
+        if self._exchange is not None:
+            self._exchange.abort("client_gone")
+
+    # -- credentials and client -------------------------------------------------------------------
+    def authorization(self) -> str:
+        """The client's upstream credential as `Bearer ...` (X-Authorization accepted too)."""
+        value = self.request.headers.get("Authorization") or self.request.headers.get("X-Authorization")
+        if not value or not value.strip():
+            raise MissingAuthorization("this route needs an Authorization header (Bearer <token or key>)")
+        value = value.strip()
+        if value[:7].lower() != "bearer ":
+            value = "Bearer " + value
+        return value
+
+    @property
+    def client_address(self) -> str:
+        """The client's IP; X-Forwarded-For is believed only from server.trusted_proxies."""
+        remote = self.request.remote_ip or ""
+        trusted = self.services.config.server.trusted_proxies
+        forwarded = self.request.headers.get("X-Forwarded-For")
+        if not trusted or not forwarded or not _in_networks(remote, trusted):
+            return remote
+        for hop in reversed([part.strip() for part in forwarded.split(",")]):
+            if not _in_networks(hop, trusted):
+                return hop
+        return remote
+
+    # -- the relay --------------------------------------------------------------------------------
+    async def relay(self, upstream: str, url: str, body: bytes | None = None) -> None:
+        """Send this request to `url` on `upstream` and relay the answer to the client."""
+        if self.services.lifecycle.draining:
+            raise GatewayBusy("the gateway is shutting down", retry_after=1)
+        headers = forwarded_request_headers(self.request.headers.get_all())
+        authorization = self.authorization()
+        headers = [(n, authorization if n.lower() == "authorization" else v) for n, v in headers]
+        if not any(n.lower() == "authorization" for n, _ in headers):
+            headers.append(("Authorization", authorization))
+        request = UpstreamRequest(upstream, self.request.method or "GET", url, headers, body)
+        exchange = await self.services.fetcher.open(request)
+        self._exchange = exchange
+        if self.client_gone:
+            exchange.abort("client_gone")
+        try:
+            try:
+                await exchange.wait_headers()
+            except UpstreamError:
+                if not self.client_gone:
+                    raise
+                self.set_status(499, "Client Closed Request")  # nginx's code: nobody to answer
+                self.finish()
+                return
+            self.upstream_status = exchange.status
+            if is_event_stream(exchange.headers):
+                await self._relay_stream(exchange)
+            else:
+                await self._relay_body(exchange)
+        finally:
+            exchange.abort("client_gone" if self.client_gone else "done")
+
+    def _start_response(self, exchange: Exchange) -> None:
+        self.set_status(exchange.status, exchange.reason or None)
+        self.clear_header("Content-Type")
+        for name, value in relayed_response_headers(exchange.headers):
+            self.add_header(name, value)
+
+    async def _relay_body(self, exchange: Exchange) -> None:
+        parts: list[bytes] = []
+        size = 0
+        limit = self.services.config.fetch.buffer_size
+        while (chunk := await exchange.read()) is not None:
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                await self._relay_large_body(exchange, parts)
+                return
+        body = b"".join(parts)
+        self._start_response(exchange)
+        self.bytes_out = len(body)
+        if self.request.method == "HEAD" or exchange.status in (204, 304):
+            self.finish()
+        else:
+            self.finish(body)
+
+    async def _relay_large_body(self, exchange: Exchange, parts: list[bytes]) -> None:
+        """A body too big to hold: relayed as it arrives; a failure midway cuts the connection."""
+        self._start_response(exchange)
+        chunk: bytes | None = b"".join(parts)
+        try:
+            while chunk is not None:
+                if chunk:
+                    self.write(chunk)
+                    self.bytes_out += len(chunk)
+                    await self._flush_to_client()
+                chunk = await exchange.read()
+        except UpstreamError:
+            self.request.connection.stream.close()  # type: ignore[union-attr]
+            return
+        except StreamClosedError:
+            return
+        self.finish()
+
+    async def _relay_stream(self, exchange: Exchange) -> None:
+        self._start_response(exchange)
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        self.streamed = True
+        metrics = self.services.metrics
+        metrics.streams_active.inc()
+        reason = "done"
+        try:
+            reason = await self._pump_events(exchange)
+        except StreamClosedError:
+            reason = "client_gone"
+        finally:
+            metrics.streams_active.dec()
+            metrics.count_stream_end(reason)
+            self.stream_end = reason
+        if not self._finished:
+            self.finish()
+
+    async def _pump_events(self, exchange: Exchange) -> str:
+        """Relay whole events as they complete; return why the stream ended."""
+        splitter = EventSplitter(self.services.config.streams.max_event_size)
+        keepalive = self.services.config.streams.keepalive_interval or None
+        await self._flush_to_client()  # status and headers go out before the first event
+        while True:
+            try:
+                chunk = await exchange.read(keepalive)
+                if chunk is None:
+                    break
+                events = splitter.feed(chunk) if chunk else b""
+            except UpstreamError as error:
+                self._write_final_error(error)
+                return "idle_timeout" if error.code == "upstream_timeout" else "upstream_error"
+            except EventTooLarge as error:
+                self._write_final_error(UpstreamError(str(error), kind="protocol"))
+                return "upstream_error"
+            if events:
+                self.write(events)
+                self.bytes_out += len(events)
+            elif not chunk and not splitter.pending:
+                self.write(encode_comment("keep-alive"))
+            else:
+                continue
+            await self._flush_to_client()
+        if self.client_gone:
+            return "client_gone"
+        if exchange.aborted_reason == "shutdown":
+            self._write_final_error(GatewayBusy("the gateway is shutting down", code="shutting_down"))
+            return "shutdown"
+        if splitter.pending:
+            self.write(splitter.pending)  # the upstream's last bytes, passed on as they are
+            self.bytes_out += len(splitter.pending)
+        return "done"
+
+    def _write_final_error(self, error: GatewayError) -> None:
+        """End a stream that failed midway with an `event: error` carrying the gateway error JSON."""
+        log.warning("stream on %s ended early: %s", self.route, error.code)
+        self.write(encode_event(error.to_json().decode(), event="error"))
+
+    async def _flush_to_client(self) -> None:
+        future = self.flush()
+        if not future.done():
+            await future
+
+
+def _as_gateway_error(status_code: int, exc_info: Any) -> GatewayError:
+    error = exc_info[1] if exc_info else None
+    if isinstance(error, GatewayError):
+        return error
+    if isinstance(error, HTTPError) and error.status_code < 500:
+        code = _TORNADO_CODES.get(error.status_code, "bad_request")
+        message = error.log_message or error.reason or "the request was not accepted"
+        if error.status_code == 405:
+            message = "this method is not supported on this route"
+        return GatewayError(message, status=error.status_code, code=code)
+    if status_code < 500:
+        return BadRequest("the request was not accepted", status=status_code)
+    return GatewayError("the gateway failed to handle this request; see its log", status=500)
+
+
+def _in_networks(address: str, networks: tuple[str, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)

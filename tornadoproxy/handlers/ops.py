@@ -1,0 +1,47 @@
+"""Operational endpoints: /healthz, /metrics, and the JSON 404 for every unknown path."""
+
+from __future__ import annotations
+
+import json
+
+from tornadoproxy.errors import NotFound
+from tornadoproxy.handlers.base import BaseHandler
+from tornadoproxy.handlers.routing import Route
+
+
+class HealthHandler(BaseHandler):
+    """The process is alive and its event loop turns."""
+
+    def get(self) -> None:
+        self.check_request()
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps({"status": "ok"}))
+
+    head = get
+
+
+class MetricsHandler(BaseHandler):
+    """Prometheus exposition (text format, or OpenMetrics when the scraper asks for it)."""
+
+    def get(self) -> None:
+        self.check_request()
+        body, content_type = self.services.metrics.render(self.request.headers.get("Accept"))
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
+
+
+class NotFoundHandler(BaseHandler):
+    """Any path no route claims: 404 JSON (or 400 if the path itself is malformed)."""
+
+    def _not_found(self, *_args: str) -> None:
+        self.check_request()
+        raise NotFound("no route matches this path; see the README for the routes")
+
+    get = post = put = patch = delete = head = _not_found
+
+
+ROUTES: list[Route] = [
+    Route("/healthz", HealthHandler),
+    Route("/metrics", MetricsHandler),
+]

@@ -1,0 +1,24 @@
+"""What handlers need, gathered by the composition root (server.py); no logic lives here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tornadoproxy.config import Config
+from tornadoproxy.fetcher import Fetcher
+from tornadoproxy.metrics import Metrics
+
+
+@dataclass(slots=True)
+class Lifecycle:
+    """Process state that handlers read: whether the gateway is draining."""
+
+    draining: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    config: Config
+    fetcher: Fetcher
+    metrics: Metrics
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
