@@ -1,0 +1,8 @@
+"""Every credential the tests send. None of them may appear in any gateway log, metric or error."""
+
+API_KEY = "sk-test-Zq8mN3vR7tY2wX5pL9kJ4hG6"
+INVALID_API_KEY = "sk-invalid-Qw3eR5tY7uI9oP1aS3dF"
+SESSION_KEY = "sess-Tz4xC6vB8nM1qW3eR5tY7uI9"
+PROXY_PASSWORD = "pr0xy-p@ss:w/rd%41"
+
+ALL = (API_KEY, INVALID_API_KEY, SESSION_KEY, PROXY_PASSWORD)

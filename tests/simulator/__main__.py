@@ -1,0 +1,5 @@
+import sys
+
+from tests.simulator.app import main
+
+sys.exit(main())

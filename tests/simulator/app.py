@@ -1,0 +1,73 @@
+"""Starts the simulator: one listener per upstream family plus a control listener, all on loopback.
+
+`python -m tests.simulator` prints one JSON line with each listener's base URL, then serves until
+SIGTERM. Families that later issues add (chatgpt, auth, platform_web) register in FAMILIES.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from tornado.web import Application
+
+from tests.simulator import control, platform
+from tests.simulator.state import State
+
+FAMILIES: dict[str, list[Any]] = {
+    "platform": platform.ROUTES,
+}
+
+
+def family_app(state: State, family: str) -> Application:
+    routes = [(pattern, handler, {"state": state, "family": family}) for pattern, handler in FAMILIES[family]]
+    return Application(routes)
+
+
+def control_app(state: State) -> Application:
+    return Application([(pattern, handler, {"state": state}) for pattern, handler in control.ROUTES])
+
+
+def _listen(app: Application, host: str) -> str:
+    sockets = bind_sockets(0, host)
+    server = HTTPServer(app, xheaders=False)
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    return f"http://{host}:{port}"
+
+
+async def run(hosts: dict[str, str]) -> None:
+    state = State()
+    urls = {"control": _listen(control_app(state), "127.0.0.1")}
+    for family in FAMILIES:
+        urls[family] = _listen(family_app(state, family), hosts.get(family, "127.0.0.1"))
+    print(json.dumps(urls), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="simulator")
+    parser.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="FAMILY=ADDR",
+        help="loopback address a family listens on (default 127.0.0.1)",
+    )
+    args = parser.parse_args(argv)
+    hosts = dict(item.split("=", 1) for item in args.host)
+    if any(not addr.startswith("127.") for addr in hosts.values()):
+        print("simulator: only loopback addresses", file=sys.stderr)
+        return 2
+    asyncio.run(run(hosts))
+    return 0

@@ -1,0 +1,126 @@
+"""Structural guards: the import layers of STYLE.md, handler ancestry, and the README in step with code."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.harness import ROOT
+
+PACKAGE = ROOT / "tornadoproxy"
+
+# module -> layer; a module may import only from lower layers (and third-party code as listed).
+LAYERS: dict[str, int] = {
+    "tornadoproxy": 0,
+    "errors": 0,
+    "redact": 0,
+    "config": 1,
+    "sse": 1,
+    "profiles": 1,
+    "egress": 1,
+    "forwarding": 1,
+    "metrics": 2,
+    "fetcher": 2,
+    "logs": 2,
+    "services": 3,
+    "handlers": 4,
+    "app": 5,
+    "server": 6,
+    "__main__": 7,
+}
+# STYLE.md: the fetcher may take Metrics in its constructor.
+SAME_LAYER_ALLOWED = {("fetcher", "metrics")}
+FORBIDDEN_THIRD_PARTY = {
+    4: {"pycurl", "yaml", "cachetools"},
+}
+ONLY_HERE = {"yaml": {"config"}, "pycurl": {"fetcher", "egress", "profiles", "metrics"}}
+
+
+def module_key(path: Path) -> str:
+    relative = path.relative_to(PACKAGE)
+    if relative.parts[0] == "handlers":
+        return "handlers"
+    return "tornadoproxy" if relative.name == "__init__.py" else relative.stem
+
+
+def imports(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.append(node.module)
+    return found
+
+
+SOURCES = sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_flow_down(path: Path) -> None:
+    key = module_key(path)
+    layer = LAYERS[key]
+    for name in imports(path):
+        top = name.split(".")[0]
+        if top == "tornadoproxy":
+            parts = name.split(".")
+            target = parts[1] if len(parts) > 1 else "tornadoproxy"
+            target_layer = LAYERS[target]
+            same_package = key == "handlers" and target == "handlers"
+            allowed = same_package or target == "tornadoproxy" or (key, target) in SAME_LAYER_ALLOWED
+            assert target_layer < layer or allowed, f"{key} imports {name}"
+        else:
+            assert top not in FORBIDDEN_THIRD_PARTY.get(layer, set()), f"{key} imports {top}"
+            if top in ONLY_HERE:
+                assert key in ONLY_HERE[top], f"{key} imports {top}"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_each_module_imports_alone_and_has_a_docstring(path: Path) -> None:
+    relative = path.relative_to(ROOT).with_suffix("")
+    name = ".".join(relative.parts).removesuffix(".__init__")
+    if name.endswith("__main__"):
+        return
+    result = subprocess.run(
+        [sys.executable, "-c", f"import {name}"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert ast.get_docstring(ast.parse(path.read_text())), f"{name} has no module docstring"
+
+
+def test_every_handler_subclasses_base_handler_directly() -> None:
+    from tornadoproxy.app import all_routes
+    from tornadoproxy.handlers.base import BaseHandler
+
+    for route in all_routes():
+        assert route.handler.__mro__[1] is BaseHandler, route.handler
+
+
+def test_readme_lists_every_route_and_config_key() -> None:
+    from tornadoproxy.app import all_routes
+    from tornadoproxy.config import describe
+
+    readme = (ROOT / "README.md").read_text()
+    for route in all_routes():
+        assert f"`{route.template}`" in readme, route.template
+    for path, _, _ in describe():
+        assert f"`{path}`" in readme, path
+
+
+def test_readme_lists_every_metric() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from tornadoproxy.metrics import Metrics
+
+    readme = (ROOT / "README.md").read_text()
+    registry = CollectorRegistry()
+    Metrics(registry, ("platform",))
+    for family in registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        name = name + "_info" if family.type == "info" else name
+        assert re.search(rf"`{re.escape(name)}`", readme), name

@@ -1,0 +1,143 @@
+"""Configuration: every bad file stops the start with the key path; the environment wins."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.harness import ROOT
+from tornadoproxy.config import Config, ConfigError, describe, load_config
+
+
+def load(tmp_path: Path, data: object, environ: dict[str, str] | None = None) -> Config:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_config(str(path), environ or {})
+
+
+def test_defaults_without_a_file() -> None:
+    config = load_config(None, {})
+    assert config.server.port == 8080
+    assert config.upstreams.platform == "https://api.openai.com"
+    assert config.egress.proxy == ""
+    assert config.server.max_body_size <= 100 * 1024 * 1024
+
+
+def test_values_are_read_and_frozen(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        {"server": {"port": 9000, "cors_origins": ["https://a.example"]}, "fetch": {"connect_timeout": 3}},
+    )
+    assert config.server.port == 9000
+    assert config.server.cors_origins == ("https://a.example",)
+    assert config.fetch.connect_timeout == 3.0
+    with pytest.raises(AttributeError):
+        config.server.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"server": {"prot": 1}}, "server.prot: unknown key"),
+        ({"sever": {}}, "sever: unknown key"),
+        ({"server": {"port": "abc"}}, "server.port: must be an integer"),
+        ({"server": {"port": 70000}}, "server.port: must be between 1 and 65535"),
+        ({"server": {"port": 0}}, "server.port: must be between 1 and 65535"),
+        ({"server": {"port": True}}, "server.port: must be an integer"),
+        ({"server": []}, "server: must be a mapping"),
+        ({"upstreams": {"platform": "ftp://x"}}, "upstreams.platform: must be an http:// or https:// URL"),
+        ({"upstreams": {"chatgpt": "chatgpt.com"}}, "upstreams.chatgpt: must be an http:// or https:// URL"),
+        ({"egress": {"proxy": "socks4://127.0.0.1:1080"}}, "egress.proxy: must use one of the schemes"),
+        ({"egress": {"proxy": "http://127.0.0.1"}}, "egress.proxy: must name a host and a port"),
+        ({"logging": {"format": "xml"}}, "logging.format: must be one of json, text"),
+        ({"logging": {"level": "LOUD"}}, "logging.level: must be one of"),
+        ({"server": {"cors_origins": "*"}}, "server.cors_origins: must be a list"),
+        ({"server": {"trusted_proxies": ["10.0.0.0/8", "nope"]}}, "server.trusted_proxies: 'nope' is not"),
+        ({"fetch": {"idle_timeout": 1.5}}, "fetch.idle_timeout: must be an integer"),
+        ([1, 2], "(top level): must be a mapping"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, data: object, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load(tmp_path, data)
+    assert str(raised.value).startswith(message), str(raised.value)
+
+
+def test_bad_proxy_value_is_not_echoed(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load(tmp_path, {"egress": {"proxy": "socks4://user:hunter2secret@127.0.0.1:1080"}})
+    assert "hunter2secret" not in str(raised.value)
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    data = {"server": {"port": 9000}, "egress": {"proxy": "http://127.0.0.1:3128"}}
+    assert load(tmp_path, data, {"PORT": "9100"}).server.port == 9100
+    assert load(tmp_path, data, {"GO_CHATGPT_API_PORT": "9200", "PORT": "9100"}).server.port == 9200
+    config = load(tmp_path, data, {"PROXY": "socks5h://127.0.0.1:1080"})
+    assert config.egress.proxy == "socks5h://127.0.0.1:1080"
+    config = load(
+        tmp_path, data, {"GO_CHATGPT_API_PROXY": "socks5://127.0.0.1:1", "PROXY": "http://127.0.0.1:2"}
+    )
+    assert config.egress.proxy == "socks5://127.0.0.1:1"
+    with pytest.raises(ConfigError, match=r"^PORT \(server.port\): must be an integer"):
+        load(tmp_path, data, {"PORT": "eighty"})
+    with pytest.raises(ConfigError, match=r"^server.port: must be between"):
+        load(tmp_path, data, {"PORT": "99999"})
+
+
+def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(str(tmp_path / "missing.yaml"), {})
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("server: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(broken), {})
+
+
+def test_shipped_config_lists_every_key_with_its_default() -> None:
+    shipped = yaml.safe_load((ROOT / "conf" / "tornadoproxy.yaml").read_text())
+    flat = {}
+    for section, values in shipped.items():
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value
+    documented = {path: default for path, default, _ in describe()}
+    assert set(flat) == set(documented)
+    for path, default in documented.items():
+        value = flat[path]
+        value = tuple(value) if isinstance(value, list) else value
+        value = dict(value) if isinstance(value, dict) else value
+        expected = dict(default) if hasattr(default, "items") else default
+        assert value == expected, path
+    assert load_config(str(ROOT / "conf" / "tornadoproxy.yaml"), {}) == Config()
+
+
+def test_every_key_has_a_comment_in_the_shipped_config() -> None:
+    lines = (ROOT / "conf" / "tornadoproxy.yaml").read_text().splitlines()
+    for path, _, _ in describe():
+        section, key = path.split(".", 1)
+        start = lines.index(f"{section}:")
+        index = next(i for i in range(start, len(lines)) if lines[i].startswith(f"  {key}:"))
+        assert lines[index - 1].strip().startswith("#"), f"{path} has no comment above it"
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "needle"),
+    [("server:\n  port: 123456\n", "server.port"), ("nope: 1\n", "nope: unknown key")],
+)
+def test_bad_config_stops_the_process_with_one_line(tmp_path: Path, yaml_text: str, needle: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    result = subprocess.run(
+        [sys.executable, "-m", "tornadoproxy", "--config", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.stderr

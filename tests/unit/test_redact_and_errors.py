@@ -1,0 +1,59 @@
+"""Secrets are masked in log records; gateway errors have one JSON shape."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from tests.secrets_used import API_KEY, PROXY_PASSWORD, SESSION_KEY
+from tornadoproxy.errors import GatewayBusy, MissingAuthorization, upstream_timeout
+from tornadoproxy.redact import RedactingFilter, Secret, scrub
+
+
+def test_scrub_patterns() -> None:
+    text = (
+        f"Authorization: Bearer {API_KEY} key={SESSION_KEY} jwt=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig "
+        'body {"password": "a&b\\"c"} url socks5://u:p@127.0.0.1:1 form password=x%26y&user=z'
+    )
+    clean = scrub(text)
+    for secret in (API_KEY, SESSION_KEY, "eyJhbGciOiJIUzI1NiJ9", "a&b", "x%26y", "u:p@"):
+        assert secret not in clean
+    assert "user=z" in clean
+
+
+def test_filter_scrubs_message_args_and_traceback() -> None:
+    record = logging.LogRecord(
+        "t", logging.ERROR, __file__, 1, "token %s and %s", (API_KEY, PROXY_PASSWORD), None
+    )
+    try:
+        raise ValueError(f"boom Bearer {API_KEY}")
+    except ValueError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    RedactingFilter(frozenset({PROXY_PASSWORD})).filter(record)
+    assert API_KEY not in record.getMessage() and PROXY_PASSWORD not in record.getMessage()
+    assert record.exc_text is not None and API_KEY not in record.exc_text
+
+
+def test_secret_repr_is_masked() -> None:
+    secret = Secret(PROXY_PASSWORD)
+    assert PROXY_PASSWORD not in repr(secret) and PROXY_PASSWORD not in str(secret)
+    assert secret.reveal() == PROXY_PASSWORD
+
+
+def test_error_shape() -> None:
+    body = json.loads(MissingAuthorization("need a key").to_json())
+    assert body == {
+        "error": {
+            "message": "need a key",
+            "type": "invalid_request_error",
+            "code": "missing_authorization",
+            "param": None,
+        },
+        "errorMessage": "need a key",
+    }
+    busy = GatewayBusy("full", retry_after=2)
+    assert busy.status == 503 and busy.headers() == [("Retry-After", "2")]
+    timeout = upstream_timeout("slow")
+    assert timeout.status == 504 and timeout.code == "upstream_timeout" and timeout.kind == "timeout"
