@@ -17,11 +17,15 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
-from tests.simulator import control, platform
+from tests.simulator import auth, chatgpt, control, platform
 from tests.simulator.state import State
 
+# Each family is one listener; login routes come first because the API families end in catch-alls.
 FAMILIES: dict[str, list[Any]] = {
-    "platform": platform.ROUTES,
+    "platform": auth.PLATFORM_ROUTES + platform.ROUTES,
+    "chatgpt": auth.CHATGPT_ROUTES + chatgpt.ROUTES,
+    "auth": auth.AUTH_ROUTES,
+    "platform_web": auth.PLATFORM_WEB_ROUTES,
 }
 
 
