@@ -46,6 +46,8 @@ def base_config(simulator: Simulator) -> dict[str, Any]:
 def gateway(simulator: Simulator, log_dir: Path) -> Iterator[Gateway]:
     """The default gateway, shared by every test that needs no special configuration."""
     gw = Gateway(base_config(simulator), log_dir)
+    gw.wait_ready()
+    simulator.clear_journal()  # the start-up probes are not part of any test
     yield gw
     gw.stop()
 
@@ -55,9 +57,15 @@ def make_gateway(simulator: Simulator, log_dir: Path) -> Iterator[Callable[..., 
     """Start gateways with extra configuration; each is stopped after the test."""
     started: list[Gateway] = []
 
-    def start(extra: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Gateway:
+    def start(
+        extra: dict[str, Any] | None = None, env: dict[str, str] | None = None, ready: bool = True
+    ) -> Gateway:
+        """A gateway with `extra` config; with `ready`, start-up probes are over and cleared."""
         gw = Gateway(deep_merge(base_config(simulator), extra or {}), log_dir, env)
         started.append(gw)
+        if ready:
+            gw.wait_ready()
+            simulator.clear_journal()
         return gw
 
     yield start

@@ -173,6 +173,9 @@ class Simulator:
         )
         assert answer.status == 200, f"gate {gate} was never reached"
 
+    def clear_journal(self) -> None:
+        self._control("DELETE", "/__sim__/journal")
+
     def journal(self, family: str | None = None, path: str | None = None) -> list[dict[str, Any]]:
         query = urllib.parse.urlencode({k: v for k, v in (("family", family), ("path", path)) if v})
         return list(self._control("GET", "/__sim__/journal" + ("?" + query if query else "")))
@@ -212,13 +215,17 @@ class Gateway:
             env=environment,
         )
         self.url = f"http://127.0.0.1:{self.port}"
-        wait_for(self._healthy, timeout=15, what=f"gateway on port {self.port} to start")
+        wait_for(lambda: self._answers("/healthz"), timeout=15, what=f"gateway on port {self.port} to start")
 
-    def _healthy(self) -> bool:
+    def wait_ready(self, timeout: float = 15) -> None:
+        """Wait for the first round of upstream probes, so they are over before a test begins."""
+        wait_for(lambda: self._answers("/readyz"), timeout=timeout, what="the first readiness probes")
+
+    def _answers(self, path: str) -> bool:
         if self.process.poll() is not None:
             raise RuntimeError(f"gateway exited with {self.process.returncode}:\n{self.log_text()}")
         try:
-            return request("GET", self.url + "/healthz", timeout=2).status == 200
+            return request("GET", self.url + path, timeout=2).status == 200
         except OSError:
             return False
 

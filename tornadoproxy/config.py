@@ -188,6 +188,19 @@ class StreamsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadinessConfig:
+    interval: float = option(
+        60.0,
+        "seconds between upstream probes reported by /readyz (the first runs at start-up); 0 probes "
+        "only once",
+        _non_negative,
+    )
+    timeout: float = option(
+        10.0, "seconds one probe may take before the upstream counts as unreachable", _positive
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = option("INFO", "log level of the gateway's own messages", _log_level)
     format: Literal["json", "text"] = option("json", "one JSON object per line, or plain text")
@@ -202,6 +215,7 @@ class Config:
     profiles: ProfilesConfig = section(ProfilesConfig, "which client profile each upstream sees")
     fetch: FetchConfig = section(FetchConfig, "the upstream HTTP client")
     streams: StreamsConfig = section(StreamsConfig, "Server-Sent Events relays")
+    readiness: ReadinessConfig = section(ReadinessConfig, "the upstream probes behind /readyz")
     logging: LoggingConfig = section(LoggingConfig, "logs")
 
 

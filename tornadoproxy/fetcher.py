@@ -36,6 +36,9 @@ _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 # Buffered fetches (logins, probes) never hold more than this.
 _MAX_BUFFERED = 16 * 1024 * 1024
+# Curl handles beyond the gate's capacity, for the gateway's own requests (readiness probes): they
+# never take a client's slot, and a full gate does not blind the probes.
+_RESERVED_HANDLES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +117,10 @@ class Gate:
 class Exchange:
     """One upstream request in flight: status and headers first, then the body as it arrives."""
 
-    def __init__(self, fetcher: Fetcher, request: UpstreamRequest, route: UpstreamRoute) -> None:
+    def __init__(self, fetcher: Fetcher, request: UpstreamRequest, route: UpstreamRoute, gated: bool) -> None:
         self.request = request
         self.route = route
+        self.gated = gated
         self.status = 0
         self.reason = ""
         self.headers: list[tuple[str, str]] = []
@@ -302,7 +306,7 @@ class Fetcher:
         self._route_options = {name: route.curl_options() for name, route in routes.items()}
         # force_instance: never the shared per-IOLoop singleton, whose max_clients is fixed at 10.
         self._client = CurlAsyncHTTPClient(
-            force_instance=True, max_clients=config.max_clients, max_body_size=1 << 62
+            force_instance=True, max_clients=config.max_clients + _RESERVED_HANDLES, max_body_size=1 << 62
         )
         self._gate = Gate(config.max_clients, config.queue_timeout, metrics)
         self._open: set[Exchange] = set()
@@ -314,11 +318,13 @@ class Fetcher:
     def route(self, upstream: str) -> UpstreamRoute:
         return self._routes[upstream]
 
-    async def open(self, request: UpstreamRequest) -> Exchange:
-        """Take a gate slot (or raise GatewayBusy) and start the request."""
+    async def open(self, request: UpstreamRequest, gated: bool = True) -> Exchange:
+        """Take a gate slot (or raise GatewayBusy) and start the request. Only the gateway's own
+        bounded background requests may pass `gated=False`."""
         route = self._routes[request.upstream]
-        await self._gate.acquire()
-        exchange = Exchange(self, request, route)
+        if gated:
+            await self._gate.acquire()
+        exchange = Exchange(self, request, route, gated)
         self._open.add(exchange)
         options = self._route_options[request.upstream]
         header_lines = route.profile.header_lines(request.headers, route.origin)
@@ -362,9 +368,9 @@ class Fetcher:
         exchange.arm_idle_timer(self.config.idle_timeout)
         return exchange
 
-    async def fetch(self, request: UpstreamRequest) -> tuple[Exchange, bytes]:
+    async def fetch(self, request: UpstreamRequest, gated: bool = True) -> tuple[Exchange, bytes]:
         """Send `request` and read its whole (bounded) body: for logins and probes, not relays."""
-        exchange = await self.open(request)
+        exchange = await self.open(request, gated)
         try:
             await exchange.wait_headers()
             parts = []
@@ -384,7 +390,8 @@ class Fetcher:
     def release(self, exchange: Exchange) -> None:
         if exchange in self._open:
             self._open.discard(exchange)
-            self._gate.release()
+            if exchange.gated:
+                self._gate.release()
 
     def abort_all(self, reason: str) -> None:
         for exchange in list(self._open):

@@ -34,6 +34,7 @@ UPSTREAM_ERROR_KINDS = (
     "blocked",
     "protocol",
 )
+UPSTREAM_STATES = ("pending", "reachable", "challenged", "blocked", "unreachable")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -95,6 +96,13 @@ class Metrics:
             "Requests answered 503 because every upstream slot stayed busy.",
             registry=registry,
         )
+        self._upstream_state = Gauge(
+            "tornadoproxy_upstream_state",
+            "Last readiness probe result per upstream: 1 for the current state, 0 for the others.",
+            ("upstream", "state"),
+            registry=registry,
+            multiprocess_mode="liveall",
+        )
         build = Info("tornadoproxy_build", "Versions of the gateway and its stack.", registry=registry)
         build.info(
             {
@@ -109,6 +117,7 @@ class Metrics:
         ] = {}
         for upstream in upstreams:
             self._first_byte.labels(upstream)
+            self.set_upstream_state(upstream, "pending")
             for kind in UPSTREAM_ERROR_KINDS:
                 self._upstream_errors.labels(upstream, kind)
         for reason in STREAM_END_REASONS:
@@ -134,6 +143,10 @@ class Metrics:
 
     def count_stream_end(self, reason: str) -> None:
         self._streams_ended.labels(reason).inc()
+
+    def set_upstream_state(self, upstream: str, state: str) -> None:
+        for candidate in UPSTREAM_STATES:
+            self._upstream_state.labels(upstream, candidate).set(1 if candidate == state else 0)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition in the format `accept` asks for (text or OpenMetrics)."""

@@ -26,6 +26,7 @@ from tornadoproxy.fetcher import Fetcher, UpstreamRoute
 from tornadoproxy.logs import configure_logging
 from tornadoproxy.metrics import Metrics
 from tornadoproxy.profiles import profile_registry
+from tornadoproxy.readiness import Readiness
 from tornadoproxy.services import Services
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,9 @@ def _origin(url: str) -> str:
 async def serve(config: Config, routes: dict[str, UpstreamRoute], sockets: list[socket.socket]) -> None:
     metrics = Metrics(CollectorRegistry(), tuple(routes))
     fetcher = Fetcher(config.fetch, routes, metrics)
-    services = Services(config, fetcher, metrics)
+    urls = {name: getattr(config.upstreams, name) for name in UPSTREAMS}
+    readiness = Readiness(config.readiness, urls, fetcher, metrics)
+    services = Services(config, fetcher, metrics, readiness)
     server = HTTPServer(
         make_app(services),
         idle_connection_timeout=config.server.idle_connection_timeout,
@@ -106,7 +109,9 @@ async def serve(config: Config, routes: dict[str, UpstreamRoute], sockets: list[
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     log.info("listening on %s:%d", config.server.host, config.server.port)
+    readiness.start()
     await stop.wait()
+    readiness.stop()
     await drain(server, services)
     fetcher.close()
     log.info("stopped")

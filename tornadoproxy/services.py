@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from tornadoproxy.config import Config
 from tornadoproxy.fetcher import Fetcher
 from tornadoproxy.metrics import Metrics
+from tornadoproxy.readiness import Readiness
 
 
 @dataclass(slots=True)
@@ -21,4 +22,5 @@ class Services:
     config: Config
     fetcher: Fetcher
     metrics: Metrics
+    readiness: Readiness
     lifecycle: Lifecycle = field(default_factory=Lifecycle)

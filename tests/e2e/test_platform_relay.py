@@ -33,18 +33,6 @@ def headers_of(entry: dict) -> dict[str, str]:
             {},
         ),
         (
-            403,
-            {
-                "error": {
-                    "message": "Country, region, or territory not supported",
-                    "type": "request_forbidden",
-                    "param": None,
-                    "code": "unsupported_country_region_territory",
-                }
-            },
-            {},
-        ),
-        (
             404,
             {
                 "error": {

@@ -73,6 +73,10 @@ class JournalHandler(ControlHandler):
         ]
         self.reply(entries)
 
+    def delete(self) -> None:
+        self.state.journal.clear()
+        self.reply({"ok": True})
+
 
 ROUTES = [
     (r"/__sim__/reset", ResetHandler),

@@ -15,6 +15,7 @@ from typing import Any
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
+from tornadoproxy.diagnosis import diagnose
 from tornadoproxy.errors import (
     BadRequest,
     GatewayBusy,
@@ -194,8 +195,11 @@ class BaseHandler(RequestHandler):
         return remote
 
     # -- the relay --------------------------------------------------------------------------------
-    async def relay(self, upstream: str, url: str, body: bytes | None = None) -> None:
-        """Send this request to `url` on `upstream` and relay the answer to the client."""
+    async def relay(
+        self, upstream: str, url: str, body: bytes | None = None, method: str | None = None
+    ) -> None:
+        """Send this request (or `method` instead of the client's) to `url` on `upstream` and relay
+        the answer to the client."""
         if self.services.lifecycle.draining:
             raise GatewayBusy("the gateway is shutting down", retry_after=1)
         headers = forwarded_request_headers(self.request.headers.get_all())
@@ -203,7 +207,7 @@ class BaseHandler(RequestHandler):
         headers = [(n, authorization if n.lower() == "authorization" else v) for n, v in headers]
         if not any(n.lower() == "authorization" for n, _ in headers):
             headers.append(("Authorization", authorization))
-        request = UpstreamRequest(upstream, self.request.method or "GET", url, headers, body)
+        request = UpstreamRequest(upstream, method or self.request.method or "GET", url, headers, body)
         exchange = await self.services.fetcher.open(request)
         self._exchange = exchange
         if self.client_gone:
@@ -239,15 +243,25 @@ class BaseHandler(RequestHandler):
             parts.append(chunk)
             size += len(chunk)
             if size > limit:
+                self._refuse_unusable_answer(exchange, parts[0])
                 await self._relay_large_body(exchange, parts)
                 return
         body = b"".join(parts)
+        self._refuse_unusable_answer(exchange, body)
         self._start_response(exchange)
         self.bytes_out = len(body)
         if self.request.method == "HEAD" or exchange.status in (204, 304):
             self.finish()
         else:
             self.finish(body)
+
+    def _refuse_unusable_answer(self, exchange: Exchange, body: bytes) -> None:
+        """Raise the gateway error that replaces a challenge, block or HTML error page."""
+        problem = diagnose(exchange.route.name, exchange.status, exchange.headers, body)
+        if problem is not None:
+            self.services.metrics.count_upstream_error(exchange.route.name, problem.kind)
+            log.warning("%s answered %d: %s", exchange.route.name, exchange.status, problem.code)
+            raise problem
 
     async def _relay_large_body(self, exchange: Exchange, parts: list[bytes]) -> None:
         """A body too big to hold: relayed as it arrives; a failure midway cuts the connection."""

@@ -21,6 +21,19 @@ class HealthHandler(BaseHandler):
     head = get
 
 
+class ReadyHandler(BaseHandler):
+    """The last upstream probe results, keyed by upstream name; 503 only while starting or draining."""
+
+    def get(self) -> None:
+        self.check_request()
+        readiness = self.services.readiness
+        starting = not readiness.first_round_done
+        self.set_status(503 if starting or self.services.lifecycle.draining else 200)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(readiness.report()))
+
+
 class MetricsHandler(BaseHandler):
     """Prometheus exposition (text format, or OpenMetrics when the scraper asks for it)."""
 
@@ -43,5 +56,6 @@ class NotFoundHandler(BaseHandler):
 
 ROUTES: list[Route] = [
     Route("/healthz", HealthHandler),
+    Route("/readyz", ReadyHandler),
     Route("/metrics", MetricsHandler),
 ]

@@ -1,0 +1,118 @@
+"""Upstream probes behind /readyz: cheap periodic requests whose last result is reported, not enforced.
+
+Each upstream gets a request without credentials (shared/spec/gateway.md, "Operations"): for the
+ChatGPT backend `GET backend-api/accounts/check` and for the Platform API `GET v1/models`, where a 401
+means reachable; for the login hosts `GET /`, where any answer does. A challenge or block page makes
+the upstream `challenged` or `blocked`; no answer makes it `unreachable`. The gateway serves whatever
+the probes say: the original slept forever when its start-up check failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from tornadoproxy.config import ReadinessConfig
+from tornadoproxy.diagnosis import diagnose
+from tornadoproxy.errors import UpstreamError
+from tornadoproxy.fetcher import Fetcher, UpstreamRequest
+from tornadoproxy.metrics import UPSTREAM_STATES, Metrics
+
+log = logging.getLogger(__name__)
+
+PROBE_PATHS = {
+    "chatgpt": "/backend-api/accounts/check",
+    "platform": "/v1/models",
+    "auth": "/",
+    "platform_web": "/",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    state: str  # one of metrics.UPSTREAM_STATES
+    detail: str
+    status: int | None = None
+    checked_at: float | None = None
+    latency_ms: float | None = None
+
+    def to_json(self) -> dict[str, object]:
+        checked = (
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.checked_at)) if self.checked_at else None
+        )
+        return {
+            "state": self.state,
+            "status": self.status,
+            "detail": self.detail,
+            "checked_at": checked,
+            "latency_ms": self.latency_ms,
+        }
+
+
+class Readiness:
+    """Runs the probes in the background and keeps the last result per upstream."""
+
+    def __init__(
+        self, config: ReadinessConfig, urls: Mapping[str, str], fetcher: Fetcher, metrics: Metrics
+    ) -> None:
+        self._config = config
+        self._urls = dict(urls)
+        self._fetcher = fetcher
+        self._metrics = metrics
+        self._results = {name: ProbeResult("pending", "not probed yet") for name in self._urls}
+        self._task: asyncio.Task[None] | None = None
+        self.first_round_done = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def report(self) -> dict[str, dict[str, object]]:
+        return {name: result.to_json() for name, result in self._results.items()}
+
+    async def _run(self) -> None:
+        while True:
+            await self.probe_all()
+            self.first_round_done = True
+            if self._config.interval <= 0:
+                return
+            await asyncio.sleep(self._config.interval)
+
+    async def probe_all(self) -> None:
+        results = await asyncio.gather(*(self._probe(name) for name in self._urls))
+        for name, result in zip(self._urls, results, strict=True):
+            if result.state != self._results[name].state:
+                log.info("upstream %s is %s: %s", name, result.state, result.detail)
+            self._results[name] = result
+            self._metrics.set_upstream_state(name, result.state)
+
+    async def _probe(self, name: str) -> ProbeResult:
+        request = UpstreamRequest(name, "GET", self._urls[name] + PROBE_PATHS.get(name, "/"))
+        started = time.monotonic()
+        try:
+            exchange, body = await asyncio.wait_for(
+                self._fetcher.fetch(request, gated=False), self._config.timeout
+            )
+        except TimeoutError:
+            return self._result("unreachable", f"no answer within {self._config.timeout:g} s", None, started)
+        except UpstreamError as error:
+            return self._result("unreachable", error.message, None, started)
+        problem = diagnose(name, exchange.status, exchange.headers, body)
+        if problem is not None and problem.code in ("upstream_challenge", "upstream_blocked"):
+            state = "challenged" if problem.code == "upstream_challenge" else "blocked"
+            return self._result(state, problem.message, exchange.status, started)
+        if exchange.status >= 500:
+            return self._result("unreachable", f"answered {exchange.status}", exchange.status, started)
+        return self._result("reachable", f"answered {exchange.status}", exchange.status, started)
+
+    @staticmethod
+    def _result(state: str, detail: str, status: int | None, started: float) -> ProbeResult:
+        assert state in UPSTREAM_STATES
+        latency = round((time.monotonic() - started) * 1000, 1)
+        return ProbeResult(state, detail, status, time.time(), latency)
