@@ -217,15 +217,17 @@ class Gateway:
         self.url = f"http://127.0.0.1:{self.port}"
         wait_for(lambda: self._answers("/healthz"), timeout=15, what=f"gateway on port {self.port} to start")
 
-    def wait_ready(self, timeout: float = 15) -> None:
+    def wait_ready(self, timeout: float = 15, headers: dict[str, str] | None = None) -> None:
         """Wait for the first round of upstream probes, so they are over before a test begins."""
-        wait_for(lambda: self._answers("/readyz"), timeout=timeout, what="the first readiness probes")
+        wait_for(
+            lambda: self._answers("/readyz", headers), timeout=timeout, what="the first readiness probes"
+        )
 
-    def _answers(self, path: str) -> bool:
+    def _answers(self, path: str, headers: dict[str, str] | None = None) -> bool:
         if self.process.poll() is not None:
             raise RuntimeError(f"gateway exited with {self.process.returncode}:\n{self.log_text()}")
         try:
-            return request("GET", self.url + path, timeout=2).status == 200
+            return request("GET", self.url + path, headers=headers, timeout=2).status == 200
         except OSError:
             return False
 

@@ -25,6 +25,7 @@ LAYERS: dict[str, float] = {
     "egress": 1,
     "forwarding": 1,
     "diagnosis": 1,
+    "access": 1,
     "bodies": 1,
     "metrics": 2,
     "fetcher": 2,
@@ -33,6 +34,7 @@ LAYERS: dict[str, float] = {
     "services": 3.5,  # gathers the layer-3 components for the handlers
     "handlers": 4,
     "app": 5,
+    "runtime": 5,
     "server": 6,
     "__main__": 7,
 }

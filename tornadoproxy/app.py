@@ -36,6 +36,21 @@ def make_app(services: Services) -> Application:
     )
 
 
+def make_ops_app(services: Services) -> Application:
+    """The ops listener: /healthz, /readyz and /metrics without access checks, for a private address."""
+
+    def record_request(handler: RequestHandler) -> None:
+        _record(services, handler)
+
+    return Application(
+        route_specs(ops.ROUTES, services, trusted_listener=True),
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"services": services, "trusted_listener": True},
+        log_function=record_request,
+        compress_response=False,
+    )
+
+
 def _record(services: Services, handler: RequestHandler) -> None:
     status = handler.get_status()
     seconds = handler.request.request_time()

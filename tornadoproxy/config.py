@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -89,6 +90,20 @@ def _ip_networks(value: tuple[str, ...]) -> str | None:
     return None
 
 
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _key_digests(value: tuple[str, ...]) -> str | None:
+    for item in value:
+        if not _DIGEST.fullmatch(item):
+            return "each entry must be 'sha256:' and 64 lowercase hex digits (tornadoproxy --hash-key)"
+    return None
+
+
+def _header_name(value: str) -> str | None:
+    return None if re.fullmatch(r"[A-Za-z0-9-]+", value) else "must be an HTTP header name"
+
+
 def _log_level(value: str) -> str | None:
     levels = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
     return None if value.upper() in levels else "must be one of " + ", ".join(levels)
@@ -109,6 +124,19 @@ class ServerConfig:
     )
     body_timeout: float = option(60.0, "seconds a client may take to send a request body", _positive)
     cors_origins: tuple[str, ...] = option(("*",), "origins allowed by CORS; '*' allows any")
+    client_stall_timeout: float = option(
+        60.0,
+        "seconds a client may take to accept already-sent response data before it is dropped and its "
+        "upstream request aborted",
+        _positive,
+    )
+    ops_port: int = option(
+        0,
+        "a second listener serving only /healthz, /readyz and /metrics, without access checks (for "
+        "Prometheus and orchestrators on a private interface); 0 for none",
+        _between(0, 65535),
+    )
+    ops_host: str = option("127.0.0.1", "address of the ops listener")
     drain_timeout: float = option(
         30.0,
         "on SIGTERM, seconds open requests and streams may take to finish before they are ended",
@@ -123,11 +151,29 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessConfig:
+    client_keys: tuple[str, ...] = option(
+        (),
+        "SHA-256 digests ('sha256:<hex>') of the client keys allowed to use the gateway; empty lets "
+        "anyone in (strongly discouraged on a public address)",
+        _key_digests,
+    )
+    key_header: str = option("X-Gateway-Key", "request header that carries the client key", _header_name)
+    allowed_networks: tuple[str, ...] = option(
+        (), "client networks (CIDR) allowed to use the gateway; empty allows any", _ip_networks
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamsConfig:
     chatgpt: str = option("https://chatgpt.com", "ChatGPT web backend base URL", _http_url)
     auth: str = option("https://auth0.openai.com", "Auth0 tenant used by the logins", _http_url)
     platform: str = option("https://api.openai.com", "Platform API base URL", _http_url)
     platform_web: str = option("https://platform.openai.com", "platform web app (login callback)", _http_url)
+
+    def by_name(self) -> dict[str, str]:
+        """Every upstream's base URL keyed by its name (the label used in metrics and /readyz)."""
+        return {spec.name: getattr(self, spec.name) for spec in dataclasses.fields(self)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +256,7 @@ class LoggingConfig:
 @dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = section(ServerConfig, "the listening side")
+    access: AccessConfig = section(AccessConfig, "who may use the gateway (checked before anything else)")
     upstreams: UpstreamsConfig = section(UpstreamsConfig, "where requests go")
     egress: EgressConfig = section(EgressConfig, "how requests leave the host")
     profiles: ProfilesConfig = section(ProfilesConfig, "which client profile each upstream sees")

@@ -70,7 +70,7 @@ class Gate:
 
     def __init__(self, capacity: int, wait: float, metrics: Metrics) -> None:
         self._free = capacity
-        self._wait = wait
+        self.wait = wait
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._metrics = metrics
 
@@ -79,12 +79,12 @@ class Gate:
             self._free -= 1
             self._metrics.gate_in_flight.inc()
             return
-        if self._wait <= 0:
+        if self.wait <= 0:
             self._reject()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), self._wait)
+            await asyncio.wait_for(asyncio.shield(waiter), self.wait)
         except TimeoutError:
             if waiter.done() and not waiter.cancelled():
                 return  # granted just as the wait ran out: keep the slot
@@ -310,6 +310,14 @@ class Fetcher:
         )
         self._gate = Gate(config.max_clients, config.queue_timeout, metrics)
         self._open: set[Exchange] = set()
+
+    def reconfigure(self, config: FetchConfig, routes: Mapping[str, UpstreamRoute]) -> None:
+        """New timeouts, gate wait and routes for requests started from now on (the curl client's
+        size is fixed at start-up)."""
+        self.config = config
+        self._routes = dict(routes)
+        self._route_options = {name: route.curl_options() for name, route in routes.items()}
+        self._gate.wait = config.queue_timeout
 
     @property
     def in_flight(self) -> int:

@@ -66,6 +66,11 @@ class Readiness:
         self._task: asyncio.Task[None] | None = None
         self.first_round_done = False
 
+    def reconfigure(self, config: ReadinessConfig, urls: Mapping[str, str]) -> None:
+        """Take effect from the next probe round."""
+        self._config = config
+        self._urls = dict(urls)
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 

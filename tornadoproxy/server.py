@@ -1,7 +1,8 @@
-"""The composition root: load the config, build every component once, serve, drain on SIGTERM.
+"""The composition root: load the config, build every component once, serve, reload, drain.
 
-Nothing else constructs long-lived objects. The listening socket is bound before the event loop
-starts; the HTTP client, caches and metrics are created inside it.
+Nothing else constructs long-lived objects. Listening sockets are bound before the event loop starts;
+the HTTP client, caches and metrics are created inside it. SIGHUP reloads the configuration, SIGTERM
+and SIGINT drain and stop (runtime.py).
 """
 
 from __future__ import annotations
@@ -11,15 +12,15 @@ import logging
 import signal
 import socket
 import sys
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
+from tornado.web import Application
 
-from tornadoproxy.app import make_app
+from tornadoproxy.app import make_app, make_ops_app
 from tornadoproxy.config import Config, ConfigError, load_config
 from tornadoproxy.egress import EgressProxy
 from tornadoproxy.fetcher import Fetcher, UpstreamRoute
@@ -27,6 +28,7 @@ from tornadoproxy.logs import configure_logging
 from tornadoproxy.metrics import Metrics
 from tornadoproxy.profiles import profile_registry
 from tornadoproxy.readiness import Readiness
+from tornadoproxy.runtime import Loader, Runtime, access_policy, connection_body_limit
 from tornadoproxy.services import Services
 
 log = logging.getLogger(__name__)
@@ -37,31 +39,36 @@ UPSTREAMS = ("chatgpt", "auth", "platform", "platform_web")
 def main(config_path: str | None, environ: Mapping[str, str]) -> int:
     """Run the gateway until SIGTERM or SIGINT; return the process exit status."""
     try:
-        config = load_config(config_path, environ)
-        routes = build_routes(config)
+        config, routes, secrets = load(config_path, environ)
     except ConfigError as error:
         print(f"tornadoproxy: configuration error: {error}", file=sys.stderr)
         return 2
-    configure_logging(config.logging, config_secrets(config))
+    configure_logging(config.logging, secrets)
     try:
         sockets = bind_sockets(config.server.port, config.server.host, backlog=4096)
+        ops_sockets = (
+            bind_sockets(config.server.ops_port, config.server.ops_host) if config.server.ops_port else []
+        )
     except OSError as error:
-        log.error("cannot listen on %s:%d: %s", config.server.host, config.server.port, error.strerror)
+        log.error("cannot listen on the configured address: %s", error.strerror)
         return 1
-    asyncio.run(serve(config, routes, sockets))
+    asyncio.run(serve(config, routes, sockets, ops_sockets, lambda: load(config_path, environ)))
     return 0
+
+
+def load(
+    config_path: str | None, environ: Mapping[str, str]
+) -> tuple[Config, dict[str, UpstreamRoute], frozenset[str]]:
+    """The validated configuration, the routes it implies and the secrets it holds."""
+    config = load_config(config_path, environ)
+    return config, build_routes(config), config_secrets(config)
 
 
 def build_routes(config: Config) -> dict[str, UpstreamRoute]:
     """How each upstream is reached: origin, egress proxy and client profile."""
     profiles = profile_registry()
     proxy = EgressProxy.parse(config.egress.proxy)
-    urls = {
-        "chatgpt": config.upstreams.chatgpt,
-        "auth": config.upstreams.auth,
-        "platform": config.upstreams.platform,
-        "platform_web": config.upstreams.platform_web,
-    }
+    urls = config.upstreams.by_name()
     chosen = {
         "chatgpt": config.profiles.chatgpt,
         "auth": config.profiles.auth,
@@ -88,50 +95,46 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-async def serve(config: Config, routes: dict[str, UpstreamRoute], sockets: list[socket.socket]) -> None:
+async def serve(
+    config: Config,
+    routes: dict[str, UpstreamRoute],
+    sockets: list[socket.socket],
+    ops_sockets: list[socket.socket],
+    reload: Loader,
+) -> None:
     metrics = Metrics(CollectorRegistry(), tuple(routes))
     fetcher = Fetcher(config.fetch, routes, metrics)
-    urls = {name: getattr(config.upstreams, name) for name in UPSTREAMS}
-    readiness = Readiness(config.readiness, urls, fetcher, metrics)
-    services = Services(config, fetcher, metrics, readiness)
-    server = HTTPServer(
-        make_app(services),
-        idle_connection_timeout=config.server.idle_connection_timeout,
-        body_timeout=config.server.body_timeout,
-        max_header_size=config.server.max_header_size,
-        # Twice our own limit: the handler answers 413 itself before tornado would cut the connection.
-        max_body_size=2 * config.server.max_body_size,
-        decompress_request=False,
-    )
-    server.add_sockets(sockets)
+    readiness = Readiness(config.readiness, config.upstreams.by_name(), fetcher, metrics)
+    services = Services(config, access_policy(config), fetcher, metrics, readiness)
+    servers = [_listen(make_app(services), sockets, config)]
+    if ops_sockets:
+        servers.append(_listen(make_ops_app(services), ops_sockets, config))
+    runtime = Runtime(services, servers, reload)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, runtime.reload)
     log.info("listening on %s:%d", config.server.host, config.server.port)
+    if ops_sockets:
+        log.info("ops endpoints on %s:%d", config.server.ops_host, config.server.ops_port)
     readiness.start()
     await stop.wait()
     readiness.stop()
-    await drain(server, services)
+    await runtime.drain()
     fetcher.close()
     log.info("stopped")
 
 
-async def drain(server: HTTPServer, services: Services) -> None:
-    """Stop accepting, let requests finish until server.drain_timeout, then end what remains."""
-    services.lifecycle.draining = True
-    server.stop()
-    deadline = time.monotonic() + services.config.server.drain_timeout
-    log.info("draining %d upstream requests", services.fetcher.in_flight)
-    await _wait_until(lambda: services.fetcher.in_flight == 0, deadline)
-    if services.fetcher.in_flight:
-        log.info("ending %d requests still open at the drain deadline", services.fetcher.in_flight)
-        services.fetcher.abort_all("shutdown")
-        # Aborted streams write their final error event at once; libcurl lets go within a second.
-        await _wait_until(lambda: services.fetcher.in_flight == 0, time.monotonic() + 3)
-    await server.close_all_connections()
-
-
-async def _wait_until(condition: Callable[[], bool], deadline: float) -> None:
-    while not condition() and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+def _listen(app: Application, sockets: list[socket.socket], config: Config) -> HTTPServer:
+    limits = config.server
+    server = HTTPServer(
+        app,
+        decompress_request=False,
+        idle_connection_timeout=limits.idle_connection_timeout,
+        body_timeout=limits.body_timeout,
+        max_header_size=limits.max_header_size,
+        max_body_size=connection_body_limit(config),
+    )
+    server.add_sockets(sockets)
+    return server

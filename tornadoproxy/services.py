@@ -1,9 +1,14 @@
-"""What handlers need, gathered by the composition root (server.py); no logic lives here."""
+"""What handlers need, gathered by the composition root (server.py); no logic lives here.
+
+`config` and `access` are replaced as a whole when the configuration is reloaded (SIGHUP); handlers
+read them per request and never keep them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tornadoproxy.access import AccessPolicy
 from tornadoproxy.config import Config
 from tornadoproxy.fetcher import Fetcher
 from tornadoproxy.metrics import Metrics
@@ -17,9 +22,10 @@ class Lifecycle:
     draining: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Services:
     config: Config
+    access: AccessPolicy
     fetcher: Fetcher
     metrics: Metrics
     readiness: Readiness

@@ -1,6 +1,7 @@
 """Scripted answers written byte by byte on the raw connection: chunks, gates, cuts and stalls.
 
-A scripted stream is a list of steps: {"data": text} or {"b64": ...} sends bytes as one chunk,
+A scripted stream is a list of steps: {"data": text} or {"b64": ...} sends bytes as one chunk (or
+`"repeat": n` chunks),
 {"gate": name} holds until the test releases the gate, {"close": true} closes the connection,
 {"reset": true} resets it (RST), {"stall": true} sends nothing more until the peer goes away.
 The peer closing the connection first is recorded in the journal entry (peer_closed_at).
@@ -97,7 +98,8 @@ async def _play_steps(connection: _Connection, steps: list[dict[str, Any]], stat
     for step in steps:
         if "data" in step or "b64" in step:
             data = base64.b64decode(step["b64"]) if "b64" in step else step["data"].encode()
-            await connection.stream.write(b"%x\r\n%s\r\n" % (len(data), data))
+            for _ in range(int(step.get("repeat", 1))):
+                await connection.stream.write(b"%x\r\n%s\r\n" % (len(data), data))
         elif "gate" in step:
             gate = state.gate(step["gate"])
             gate.reached.set()

@@ -8,6 +8,7 @@ flush after each, anything else is sent with a Content-Length when it fits `fetc
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from typing import Any
@@ -37,6 +38,8 @@ from tornadoproxy.sse import EventSplitter, EventTooLarge, encode_comment, encod
 log = logging.getLogger(__name__)
 
 RELAY_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+# A refused request with a body up to this size is read before the answer (see prepare()).
+_EARLY_ANSWER_BODY = 64 * 1024
 _TORNADO_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
 
 
@@ -44,9 +47,15 @@ _TORNADO_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request
 class BaseHandler(RequestHandler):
     SUPPORTED_METHODS = RELAY_METHODS + ("OPTIONS",)
 
-    def initialize(self, services: Services, route: str = "(unmatched)") -> None:
+    # Handlers any client may reach whatever the access policy (liveness carries no information).
+    open_access = False
+
+    def initialize(
+        self, services: Services, route: str = "(unmatched)", trusted_listener: bool = False
+    ) -> None:
         self.services = services
         self.route = route
+        self.trusted_listener = trusted_listener
         self.upstream_status: int | None = None
         self.bytes_out = 0
         self.streamed = False
@@ -60,20 +69,40 @@ class BaseHandler(RequestHandler):
     # -- request intake ---------------------------------------------------------------------------
     def prepare(self) -> None:
         self._apply_cors()
+        refusal = self._refusal()
+        if refusal is None:
+            return
+        length = self.request.headers.get("Content-Length", "0")
+        large = (
+            not length.isdigit()
+            or int(length) > _EARLY_ANSWER_BODY
+            or "Transfer-Encoding" in self.request.headers
+        )
+        if large or isinstance(refusal, PayloadTooLarge):
+            # Answered before the body is read; tornado then closes the connection.
+            self.set_header("Connection", "close")
+            self.fail(refusal)
+        else:
+            # Answered once the small body is read: answering early can reset the client's socket.
+            self._deferred = refusal
+
+    def _refusal(self) -> GatewayError | None:
+        """Why this request is refused before it is read: access, size, then the raw path."""
+        policy = self.services.access
+        if not policy.open and not self.open_access and not self.trusted_listener:
+            try:
+                policy.check(self.client_address, self.request.headers.get(policy.key_header))
+            except GatewayError as error:
+                return error
         limit = self.services.config.server.max_body_size
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > limit:
-            # Answered before the body is read; tornado then closes the connection.
-            self.set_header("Connection", "close")
-            self.fail(
-                PayloadTooLarge(f"the request body is larger than {limit} bytes (server.max_body_size)")
-            )
-            return
+            return PayloadTooLarge(f"the request body is larger than {limit} bytes (server.max_body_size)")
         try:
             check_raw_path(self.request.path)
         except GatewayError as error:
-            # Answer once the (small) body is read: answering early can reset the client's socket.
-            self._deferred = error
+            return error
+        return None
 
     def data_received(self, chunk: bytes) -> None:
         if self._deferred is not None or self._finished:
@@ -341,9 +370,21 @@ class BaseHandler(RequestHandler):
         self.write(encode_event(error.to_json().decode(), event="error"))
 
     async def _flush_to_client(self) -> None:
+        """Wait until the client has taken what was written; drop a client that stalls too long.
+
+        While we wait, the exchange stops reading from the upstream once it holds a few hundred KB,
+        so a slow client slows its upstream transfer instead of growing our memory."""
         future = self.flush()
-        if not future.done():
-            await future
+        if future.done():
+            return
+        timeout = self.services.config.server.client_stall_timeout
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            log.info("dropping a client that accepted nothing for %g s on %s", timeout, self.route)
+            self.request.connection.stream.close()  # type: ignore[union-attr]
+            self.on_connection_close()
+            raise StreamClosedError() from None
 
 
 def _as_gateway_error(status_code: int, exc_info: Any) -> GatewayError:

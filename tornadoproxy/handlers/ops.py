@@ -12,6 +12,8 @@ from tornadoproxy.handlers.routing import Route
 class HealthHandler(BaseHandler):
     """The process is alive and its event loop turns."""
 
+    open_access = True
+
     def get(self) -> None:
         self.check_request()
         self.set_header("Content-Type", "application/json")

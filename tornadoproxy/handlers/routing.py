@@ -27,8 +27,11 @@ class Route:
         return pattern + re.escape(self.template[position:])
 
 
-def route_specs(routes: list[Route], services: Any) -> list[tuple[str, type[RequestHandler], dict[str, Any]]]:
+def route_specs(
+    routes: list[Route], services: Any, **extra: Any
+) -> list[tuple[str, type[RequestHandler], dict[str, Any]]]:
     """Tornado URL specs; tornado matches the raw (undecoded) request path against each pattern."""
     return [
-        (route.pattern, route.handler, {"services": services, "route": route.template}) for route in routes
+        (route.pattern, route.handler, {"services": services, "route": route.template, **extra})
+        for route in routes
     ]

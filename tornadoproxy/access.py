@@ -1,0 +1,93 @@
+"""Who may use the gateway: client keys (stored as digests) and allowed client networks.
+
+Client keys travel in a header of their own (`access.key_header`, default `X-Gateway-Key`) so that
+`Authorization` stays the upstream credential. The configuration holds only SHA-256 digests of the
+keys; a presented key is hashed and compared with every digest in constant time. Keys are meant to
+be long random strings (e.g. `openssl rand -hex 32`), for which a fast hash is the right tool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from dataclasses import dataclass
+
+from tornadoproxy.errors import GatewayError
+
+DIGEST_PREFIX = "sha256:"
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def key_digest(key: str) -> str:
+    """The form in which a client key is written into the configuration."""
+    return DIGEST_PREFIX + hashlib.sha256(key.encode()).hexdigest()
+
+
+def digest_problem(value: str) -> str | None:
+    """Why `value` is not a configured key digest, or None."""
+    hexpart = value[len(DIGEST_PREFIX) :]
+    if not value.startswith(DIGEST_PREFIX) or len(hexpart) != 64:
+        return "must be 'sha256:' followed by 64 hex digits (see `tornadoproxy --hash-key`)"
+    try:
+        bytes.fromhex(hexpart)
+    except ValueError:
+        return "must be 'sha256:' followed by 64 hex digits (see `tornadoproxy --hash-key`)"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    """The checks that come before anything else a request does."""
+
+    digests: tuple[bytes, ...]
+    networks: tuple[IPNetwork, ...]
+    key_header: str
+
+    @classmethod
+    def build(cls, digests: tuple[str, ...], networks: tuple[str, ...], key_header: str) -> AccessPolicy:
+        return cls(
+            tuple(bytes.fromhex(d[len(DIGEST_PREFIX) :]) for d in digests),
+            tuple(ipaddress.ip_network(n, strict=False) for n in networks),
+            key_header,
+        )
+
+    @property
+    def open(self) -> bool:
+        return not self.digests and not self.networks
+
+    def check(self, client_address: str, presented_key: str | None) -> None:
+        """Raise the gateway error that refuses this client, or return."""
+        if self.networks and not self._address_allowed(client_address):
+            raise GatewayError(
+                "this client address is not allowed to use the gateway (access.allowed_networks)",
+                status=403,
+                code="client_not_allowed",
+            )
+        if not self.digests:
+            return
+        if not presented_key:
+            raise GatewayError(
+                f"this gateway requires a client key in the {self.key_header} header",
+                status=401,
+                code="gateway_key_required",
+            )
+        presented = hashlib.sha256(presented_key.encode()).digest()
+        # Compare against every digest, without stopping early, so timing says nothing.
+        matched = False
+        for digest in self.digests:
+            matched |= hmac.compare_digest(presented, digest)
+        if not matched:
+            raise GatewayError(
+                f"the client key in the {self.key_header} header is not valid",
+                status=401,
+                code="gateway_key_invalid",
+            )
+
+    def _address_allowed(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.networks)

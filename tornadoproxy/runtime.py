@@ -1,0 +1,103 @@
+"""A running gateway's lifecycle: reload on SIGHUP, graceful drain on SIGTERM.
+
+Reload re-reads and validates the whole configuration; on any error the gateway keeps running with
+the configuration it has and logs why. Listening addresses and the size of the HTTP client are fixed
+at start-up: a change to them is reported and takes effect at the next restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from tornado.httpserver import HTTPServer
+
+from tornadoproxy.access import AccessPolicy
+from tornadoproxy.config import Config, ConfigError
+from tornadoproxy.fetcher import UpstreamRoute
+from tornadoproxy.logs import configure_logging
+from tornadoproxy.services import Services
+
+log = logging.getLogger(__name__)
+
+RESTART_ONLY = ("server.host", "server.port", "server.ops_host", "server.ops_port", "fetch.max_clients")
+
+Loader = Callable[[], tuple[Config, dict[str, UpstreamRoute], frozenset[str]]]
+
+
+def access_policy(config: Config) -> AccessPolicy:
+    return AccessPolicy.build(
+        config.access.client_keys, config.access.allowed_networks, config.access.key_header
+    )
+
+
+class Runtime:
+    def __init__(self, services: Services, servers: list[HTTPServer], load: Loader) -> None:
+        self.services = services
+        self.servers = servers
+        self._load = load
+
+    def reload(self) -> bool:
+        """Apply a freshly loaded configuration; False (and the old one kept) if it is invalid."""
+        try:
+            config, routes, secrets = self._load()
+        except ConfigError as error:
+            log.error("configuration reload failed, keeping the running configuration: %s", error)
+            return False
+        old = self.services.config
+        for key in RESTART_ONLY:
+            if _value(old, key) != _value(config, key):
+                log.warning("%s changed: this takes effect at the next restart", key)
+        configure_logging(config.logging, secrets)
+        self.services.config = config
+        self.services.access = access_policy(config)
+        self.services.fetcher.reconfigure(config.fetch, routes)
+        self.services.readiness.reconfigure(config.readiness, config.upstreams.by_name())
+        for server in self.servers:
+            _update_connection_limits(server, config)
+        log.info("configuration reloaded")
+        return True
+
+    async def drain(self) -> None:
+        """Stop accepting, let requests finish until server.drain_timeout, then end what remains."""
+        services = self.services
+        services.lifecycle.draining = True
+        for server in self.servers:
+            server.stop()
+        deadline = time.monotonic() + services.config.server.drain_timeout
+        log.info("draining %d upstream requests", services.fetcher.in_flight)
+        await _wait_until(lambda: services.fetcher.in_flight == 0, deadline)
+        if services.fetcher.in_flight:
+            log.info("ending %d requests still open at the drain deadline", services.fetcher.in_flight)
+            services.fetcher.abort_all("shutdown")
+            # Aborted streams write their final error event at once; libcurl lets go within a second.
+            await _wait_until(lambda: services.fetcher.in_flight == 0, time.monotonic() + 3)
+        for server in self.servers:
+            await server.close_all_connections()
+
+
+def connection_body_limit(config: Config) -> int:
+    """Tornado's own body limit: twice ours, so the handler answers 413 before tornado cuts the
+    connection without an answer."""
+    return 2 * config.server.max_body_size
+
+
+def _update_connection_limits(server: HTTPServer, config: Config) -> None:
+    """New connections take the new limits (tornado reads conn_params per connection)."""
+    params = server.conn_params
+    params.header_timeout = config.server.idle_connection_timeout
+    params.body_timeout = config.server.body_timeout
+    params.max_header_size = config.server.max_header_size
+    params.max_body_size = connection_body_limit(config)
+
+
+def _value(config: Config, key: str) -> object:
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
+
+
+async def _wait_until(condition: Callable[[], bool], deadline: float) -> None:
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
