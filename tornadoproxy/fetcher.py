@@ -135,7 +135,6 @@ class Exchange:
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._paused = False
-        self._early: list[bytes] = []
         self._waiter: asyncio.Future[None] | None = None
 
     # -- the consumer side (handlers) -----------------------------------------------------------
@@ -217,65 +216,59 @@ class Exchange:
 
         IOLoop.current().call_later(idle, check)
 
-    # -- the producer side (libcurl, through tornado) -------------------------------------------
+    # -- the producer side: libcurl's own callbacks (see Fetcher.open) --------------------------
     def on_curl_ready(self, curl: pycurl.Curl) -> None:
         self._curl = curl
 
     def on_progress(self, _dltotal: int, _dlnow: int, _ultotal: int, _ulnow: int) -> int:
         return 1 if self.aborted_reason is not None else 0
 
-    def on_header_line(self, line: str) -> None:
+    def on_header(self, raw: bytes) -> None:
+        """HEADERFUNCTION: one header line, called by libcurl as it parses them."""
         self._last_activity = time.monotonic()
+        line = raw.decode("latin-1")
         if line.startswith("HTTP/"):
-            # A new status line starts a new header block (1xx, proxy CONNECT, redirect).
+            # A new status line starts a new header block (1xx, redirect).
             parts = line.split(" ", 2)
             self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
             self.reason = parts[2].strip() if len(parts) > 2 else ""
             self.headers = []
         elif line == "\r\n" or line == "\n":
             if self.status >= 200 and not self.headers_complete:
-                self._headers_done()
+                self.headers_complete = True
+                self._fetcher.metrics.observe_first_byte(self.route.name, time.monotonic() - self.started_at)
+                self._wake()
         else:
             name, _, value = line.partition(":")
             if name and not name[0].isspace():
                 self.headers.append((name.strip(), value.strip()))
 
-    def _headers_done(self) -> None:
-        self.headers_complete = True
-        self._fetcher.metrics.observe_first_byte(self.route.name, time.monotonic() - self.started_at)
-        if self._early:
-            for chunk in self._early:
-                self._add(chunk)
-            self._early = []
-        self._wake()
+    def on_write(self, chunk: bytes) -> int | None:
+        """WRITEFUNCTION: body bytes as libcurl receives them.
 
-    def on_body(self, chunk: bytes) -> None:
+        Over the high-water mark the chunk is refused with WRITEFUNC_PAUSE: libcurl keeps it, stops
+        reading the socket, and hands it over again once `read()` resumes the transfer. A slow
+        client thereby slows its upstream instead of growing our memory. An abort makes the write
+        fail at once (a silent upstream is covered by the progress callback)."""
+        if self.aborted_reason is not None:
+            return 0
+        if self._buffered >= _HIGH_WATER:
+            self._paused = True
+            return pycurl.WRITEFUNC_PAUSE
         self._last_activity = time.monotonic()
-        # Tornado may deliver the last chunks synchronously at the end of a transfer, before the
-        # header lines it queued: hold them until the header block is complete.
-        if not self.headers_complete:
-            self._early.append(chunk)
-            return
-        self._add(chunk)
-        self._wake()
-
-    def _add(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
         self._buffered += len(chunk)
-        if self._buffered > _HIGH_WATER and not self._paused and self._curl is not None:
-            try:
-                self._curl.pause(pycurl.PAUSE_RECV)
-                self._paused = True
-            except pycurl.error:
-                pass  # the transfer is already ending
+        self._wake()
+        return None
 
     def _resume(self) -> None:
         self._paused = False
         if self._curl is not None:
             try:
+                # May call on_write() at once with the chunk libcurl held back.
                 self._curl.pause(pycurl.PAUSE_CONT)
             except pycurl.error:
-                pass
+                pass  # the transfer failed while paused; on_finished reports it
 
     def on_finished(self, response: HTTPResponse) -> None:
         self._curl = None  # tornado resets and reuses the handle from now on
@@ -283,16 +276,8 @@ class Exchange:
         self.finished = True
         self._fetcher.release(self)
         # A non-2xx answer is data: only a CurlError (code 599) is a transport failure.
-        failed = isinstance(response.error, CurlError)
-        if failed and self.aborted_reason is None:
-            self.error = self._fetcher.classify(self, response.error)  # type: ignore[arg-type]
-        elif not failed and not self.headers_complete:
-            self.status = response.code
-            self.headers = [(k, v) for k, v in response.headers.get_all() if k != "X-Http-Reason"]
-            self._headers_done()
-        for chunk in self._early:
-            self._add(chunk)
-        self._early = []
+        if isinstance(response.error, CurlError) and self.aborted_reason is None:
+            self.error = self._fetcher.classify(self, response.error)
         self._wake()
 
 
@@ -351,6 +336,13 @@ class Fetcher:
             # abort even while the upstream is silent; they are also a backstop for our idle timer.
             curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
             curl.setopt(pycurl.LOW_SPEED_TIME, idle)
+            # Our own header and body callbacks replace tornado's: tornado queues every header line
+            # and body chunk as an IOLoop callback and can deliver the last body bytes before the
+            # headers; ours run in libcurl's order, cost no callback, and pause the transfer when
+            # the client falls behind. They only record data and wake the reader: nothing in them
+            # re-enters the client or raises.
+            curl.setopt(pycurl.HEADERFUNCTION, exchange.on_header)
+            curl.setopt(pycurl.WRITEFUNCTION, exchange.on_write)
             exchange.on_curl_ready(curl)
 
         body = request.body if request.method not in ("GET", "HEAD") else None
@@ -366,8 +358,6 @@ class Fetcher:
             allow_nonstandard_methods=True,
             validate_cert=True,
             proxy_password="",
-            header_callback=exchange.on_header_line,
-            streaming_callback=exchange.on_body,
             prepare_curl_callback=prepare,
         )
         # fetch_impl is the client's documented implementation hook; calling it directly gives us
