@@ -34,6 +34,7 @@ LAYERS: dict[str, float] = {
     "services": 3.5,  # gathers the layer-3 components for the handlers
     "handlers": 4,
     "app": 5,
+    "listener": 5,
     "runtime": 5,
     "server": 6,
     "__main__": 7,

@@ -411,7 +411,9 @@ def _convert_scalar(hint: Any, value: Any, path: str) -> Any:
 
 
 def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
+    # A key that is not a plain name (empty, spaces, punctuation) is quoted so the path stays readable.
+    shown = key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else repr(key)
+    return f"{path}.{shown}" if path else shown
 
 
 def _show(value: Any) -> str:

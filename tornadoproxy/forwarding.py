@@ -14,9 +14,13 @@ from collections.abc import Iterable
 
 from tornadoproxy.errors import BadRequest
 
-# An escape that decodes to "." "/" "\" or "%", a NUL or a malformed escape: never in a sane path.
-_BAD_ESCAPE = re.compile(r"%(?:2[eEfF5]|5[cC]|00|(?![0-9a-fA-F]{2}))")
+# An escape that decodes to "." "/" "\" "%" or a control character, or a malformed escape: never in
+# a sane API path, and a way to smuggle a path or a header line past a naive decoder.
+_BAD_ESCAPE = re.compile(r"%(?:2[eEfF5]|5[cC]|[01][0-9a-fA-F]|7[fF]|(?![0-9a-fA-F]{2}))")
 _BAD_CHARACTER = re.compile(r"[^\x21-\x7e]|\\")
+_BAD_QUERY_CHARACTER = re.compile(r"[^\x21-\x7e]")
+# Header values go to libcurl as raw lines: only visible ASCII, spaces and tabs may cross.
+_BAD_HEADER_VALUE = re.compile(r"[^\x20-\x7e\t]")
 
 FORWARDED_REQUEST_HEADERS = frozenset(
     {"authorization", "content-type", "accept", "accept-language", "idempotency-key"}
@@ -48,12 +52,20 @@ def check_raw_path(path: str) -> None:
     if _BAD_CHARACTER.search(path):
         raise BadRequest("the request path contains a backslash, a control or a non-ASCII character")
     if _BAD_ESCAPE.search(path):
-        raise BadRequest("the request path contains an encoded '.', '/', '\\', '%' or NUL, or a bad escape")
+        raise BadRequest(
+            "the request path contains an encoded '.', '/', '\\', '%' or control character, or a bad escape"
+        )
     if "//" in path:
         raise BadRequest("the request path contains an empty segment")
     for segment in path.split("/"):
         if segment in (".", ".."):
             raise BadRequest("the request path contains a '.' or '..' segment")
+
+
+def check_raw_query(query: str) -> None:
+    """Refuse a query string with raw control or non-ASCII bytes (400); escapes pass unchanged."""
+    if _BAD_QUERY_CHARACTER.search(query):
+        raise BadRequest("the query string contains a control or non-ASCII character")
 
 
 def upstream_url(base: str, path: str, query: str) -> str:
@@ -63,11 +75,14 @@ def upstream_url(base: str, path: str, query: str) -> str:
 
 
 def forwarded_request_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The client's headers that the upstream needs, in the client's order."""
+    """The client's headers that the upstream needs, in the client's order (400 for a value with
+    control or non-ASCII characters, which would otherwise reach the upstream as raw bytes)."""
     kept = []
     for name, value in headers:
         lowered = name.lower()
         if lowered in FORWARDED_REQUEST_HEADERS or lowered.startswith(FORWARDED_REQUEST_PREFIXES):
+            if _BAD_HEADER_VALUE.search(value):
+                raise BadRequest(f"the {name} header contains a control or non-ASCII character")
             kept.append((name, value))
     return kept
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from tornado.httpserver import HTTPServer
 
@@ -34,7 +34,7 @@ def access_policy(config: Config) -> AccessPolicy:
 
 
 class Runtime:
-    def __init__(self, services: Services, servers: list[HTTPServer], load: Loader) -> None:
+    def __init__(self, services: Services, servers: Sequence[HTTPServer], load: Loader) -> None:
         self.services = services
         self.servers = servers
         self._load = load

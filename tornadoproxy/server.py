@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
@@ -24,6 +23,7 @@ from tornadoproxy.app import make_app, make_ops_app
 from tornadoproxy.config import Config, ConfigError, load_config
 from tornadoproxy.egress import EgressProxy
 from tornadoproxy.fetcher import Fetcher, UpstreamRoute
+from tornadoproxy.listener import GatewayHTTPServer
 from tornadoproxy.logs import configure_logging
 from tornadoproxy.metrics import Metrics
 from tornadoproxy.profiles import profile_registry
@@ -126,9 +126,9 @@ async def serve(
     log.info("stopped")
 
 
-def _listen(app: Application, sockets: list[socket.socket], config: Config) -> HTTPServer:
+def _listen(app: Application, sockets: list[socket.socket], config: Config) -> GatewayHTTPServer:
     limits = config.server
-    server = HTTPServer(
+    server = GatewayHTTPServer(
         app,
         decompress_request=False,
         idle_connection_timeout=limits.idle_connection_timeout,

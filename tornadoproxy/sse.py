@@ -43,11 +43,11 @@ class EventSplitter:
         if end == 0:
             self._pending = data
             if len(data) > self._max_event_size:
-                raise EventTooLarge(f"an upstream event exceeded {self._max_event_size} bytes")
+                raise EventTooLarge(f"sent an event larger than {self._max_event_size} bytes")
             return b""
         self._pending = data[end:]
         if len(self._pending) > self._max_event_size:
-            raise EventTooLarge(f"an upstream event exceeded {self._max_event_size} bytes")
+            raise EventTooLarge(f"sent an event larger than {self._max_event_size} bytes")
         return data[:end]
 
 

@@ -15,6 +15,8 @@ import uuid
 from typing import Any
 
 from tests.simulator.base import SimHandler
+from tests.simulator.mutations import mutated
+from tests.simulator.streams import play
 
 MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "omni-moderation-latest", "dall-e-3")
 
@@ -124,6 +126,12 @@ def _answer_text(body: dict[str, Any]) -> str:
 class ChatCompletionsHandler(PlatformHandler):
     async def post(self) -> None:
         if not self.authorised() or (body := self.body_or_400()) is None:
+            return
+        model = str(body.get("model", ""))
+        if model.startswith("mutate-") and self.entry is not None:
+            # A fuzzed stream: model "mutate-<seed>" selects a deterministic mutation (mutations.py).
+            self.entry.scripted = True
+            await play(self.detach(), mutated(int(model[7:])), self.state, self.entry)
             return
         text = _answer_text(body)
         ident = "chatcmpl-" + uuid.uuid4().hex[:20]

@@ -28,6 +28,7 @@ from tornadoproxy.errors import (
 from tornadoproxy.fetcher import Exchange, UpstreamRequest
 from tornadoproxy.forwarding import (
     check_raw_path,
+    check_raw_query,
     forwarded_request_headers,
     is_event_stream,
     relayed_response_headers,
@@ -100,6 +101,7 @@ class BaseHandler(RequestHandler):
             return PayloadTooLarge(f"the request body is larger than {limit} bytes (server.max_body_size)")
         try:
             check_raw_path(self.request.path)
+            check_raw_query(self.request.query)
         except GatewayError as error:
             return error
         return None
@@ -344,7 +346,14 @@ class BaseHandler(RequestHandler):
                 self._write_final_error(error)
                 return "idle_timeout" if error.code == "upstream_timeout" else "upstream_error"
             except EventTooLarge as error:
-                self._write_final_error(UpstreamError(str(error), kind="protocol"))
+                self.services.metrics.count_upstream_error(exchange.route.name, "protocol")
+                self._write_final_error(
+                    UpstreamError(
+                        f"the {exchange.route.name} upstream {error} (streams.max_event_size)",
+                        kind="protocol",
+                        code="upstream_bad_stream",
+                    )
+                )
                 return "upstream_error"
             if events:
                 self.write(events)

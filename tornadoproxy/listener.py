@@ -1,0 +1,72 @@
+"""The HTTP listener: tornado's HTTPServer, with its protocol-level refusals in the gateway's JSON shape.
+
+Tornado answers a malformed HTTP message (bad request line, header syntax, lengths, chunked encoding)
+with a bare `400 Bad Request` and no body, and closes a connection whose header block outgrows
+`max_header_size` without a word. Both are gateway answers, so both get the one JSON error shape:
+each connection's stream has its write and close wrapped (once per connection, not per request).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+from tornado.iostream import IOStream, UnsatisfiableReadError
+
+from tornadoproxy.errors import BadRequest, GatewayError
+
+_TORNADO_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\n\r\n"
+
+
+def _response(status_line: str, error: GatewayError) -> bytes:
+    body = error.to_json()
+    head = (
+        f"HTTP/1.1 {status_line}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+MALFORMED = _response(
+    "400 Bad Request",
+    BadRequest("the request is not valid HTTP/1.1 (request line, header syntax, length or chunked encoding)"),
+)
+HEADERS_TOO_LARGE = _response(
+    "431 Request Header Fields Too Large",
+    GatewayError(
+        "the request header block is larger than server.max_header_size",
+        status=431,
+        code="headers_too_large",
+    ),
+)
+
+
+class GatewayHTTPServer(HTTPServer):
+    def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
+        _answer_protocol_errors_in_json(stream)
+        super().handle_stream(stream, address)
+
+
+def _answer_protocol_errors_in_json(stream: IOStream) -> None:
+    write = stream.write
+    close = stream.close
+    answered = False
+
+    def json_write(data: bytes | memoryview) -> Any:
+        nonlocal answered
+        answered = True
+        return write(MALFORMED if data == _TORNADO_BAD_REQUEST else data)
+
+    def json_close(exc_info: Any = False) -> None:
+        error = exc_info[1] if isinstance(exc_info, tuple) else exc_info
+        if isinstance(error, UnsatisfiableReadError) and not answered and stream.socket is not None:
+            # The stream is about to close on its own: a best-effort answer straight to the socket.
+            try:
+                stream.socket.send(HEADERS_TOO_LARGE, socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+        close(exc_info)
+
+    stream.write = json_write  # type: ignore[method-assign]
+    stream.close = json_close  # type: ignore[method-assign]
