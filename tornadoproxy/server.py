@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from prometheus_client import CollectorRegistry
 from tornado.httpserver import HTTPServer
@@ -23,10 +23,13 @@ from tornadoproxy.app import make_app
 from tornadoproxy.config import Config, ConfigError, load_config
 from tornadoproxy.egress import EgressProxy
 from tornadoproxy.fetcher import Fetcher, UpstreamRoute
+from tornadoproxy.logins import Logins
 from tornadoproxy.logs import configure_logging
 from tornadoproxy.metrics import Metrics
 from tornadoproxy.profiles import profile_registry
 from tornadoproxy.services import Services
+from tornadoproxy.tokens import TokenCache
+from tornadoproxy.tokenstore import MemoryStore, RedisStore, TokenStore, secret_from_config
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ def main(config_path: str | None, environ: Mapping[str, str]) -> int:
     try:
         config = load_config(config_path, environ)
         routes = build_routes(config)
+        check_tokens(config)
     except ConfigError as error:
         print(f"tornadoproxy: configuration error: {error}", file=sys.stderr)
         return 2
@@ -76,10 +80,32 @@ def build_routes(config: Config) -> dict[str, UpstreamRoute]:
     }
 
 
+def check_tokens(config: Config) -> None:
+    """The token store's settings fit together (each key alone is checked by load_config)."""
+    tokens = config.tokens
+    if tokens.store == "file" and not tokens.file:
+        raise ConfigError("tokens.file: must name the persistence file when tokens.store is file")
+    if tokens.store == "redis" and not tokens.redis_url:
+        raise ConfigError("tokens.redis_url: must be set when tokens.store is redis")
+
+
+def build_store(config: Config, metrics: Metrics) -> TokenStore:
+    tokens = config.tokens
+    secret = secret_from_config(tokens.secret)
+    if tokens.store == "redis":
+        return RedisStore(tokens.redis_url, tokens.redis_prefix, secret)
+    path = tokens.file if tokens.store == "file" else ""
+    return MemoryStore(tokens.max_entries, metrics, secret, path)
+
+
 def config_secrets(config: Config) -> frozenset[str]:
     """Configured secrets the log filter must mask wherever they appear."""
     proxy = EgressProxy.parse(config.egress.proxy)
-    return frozenset(s.reveal() for s in (proxy.username, proxy.password) if s is not None)
+    found = {s.reveal() for s in (proxy.username, proxy.password) if s is not None}
+    found.add(config.tokens.secret)
+    redis_password = urlsplit(config.tokens.redis_url).password if config.tokens.redis_url else None
+    found.add(unquote(redis_password or ""))
+    return frozenset(s for s in found if s)
 
 
 def _origin(url: str) -> str:
@@ -90,7 +116,9 @@ def _origin(url: str) -> str:
 async def serve(config: Config, routes: dict[str, UpstreamRoute], sockets: list[socket.socket]) -> None:
     metrics = Metrics(CollectorRegistry(), tuple(routes))
     fetcher = Fetcher(config.fetch, routes, metrics)
-    services = Services(config, fetcher, metrics)
+    logins = Logins(config.logins, config.upstreams, fetcher, metrics)
+    tokens = TokenCache(config.tokens, config.logins, build_store(config, metrics), metrics)
+    services = Services(config, fetcher, metrics, logins, tokens)
     server = HTTPServer(
         make_app(services),
         idle_connection_timeout=config.server.idle_connection_timeout,
@@ -108,6 +136,7 @@ async def serve(config: Config, routes: dict[str, UpstreamRoute], sockets: list[
     log.info("listening on %s:%d", config.server.host, config.server.port)
     await stop.wait()
     await drain(server, services)
+    await tokens.close()  # the persistence file gets its last write here
     fetcher.close()
     log.info("stopped")
 

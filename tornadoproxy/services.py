@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 from tornadoproxy.config import Config
 from tornadoproxy.fetcher import Fetcher
+from tornadoproxy.logins import Logins
 from tornadoproxy.metrics import Metrics
+from tornadoproxy.tokens import TokenCache
 
 
 @dataclass(slots=True)
@@ -21,4 +23,6 @@ class Services:
     config: Config
     fetcher: Fetcher
     metrics: Metrics
+    logins: Logins
+    tokens: TokenCache
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
