@@ -345,13 +345,7 @@ class _Browser:
         )
 
     def upstream_text(self, text: str) -> str:
-        """An upstream message fit to relay: tags and spacing removed, short, user input masked."""
-        text = " ".join(re.sub(r"<[^>]*>", " ", unescape(text)).split())[:200]
-        for secret in self._user_inputs:
-            # A short input is masked only as a whole word: "p" must not mangle "password".
-            pattern = re.escape(secret) if len(secret) >= 4 else rf"(?<!\w){re.escape(secret)}(?!\w)"
-            text = re.sub(pattern, "[redacted]", text, flags=re.IGNORECASE)
-        return text
+        return upstream_text(text, self._user_inputs)
 
     def _where(self, step: str) -> str:
         return f"the {self.flow} stopped at step '{step}': "
@@ -399,6 +393,18 @@ def diagnose_page(
     if status in (403, 451) and (blocked_if_html_403 or any(m in text for m in _BLOCK_MARKERS)):
         return "blocked"
     return None
+
+
+def upstream_text(text: str, user_inputs: Sequence[str]) -> str:
+    """An upstream message fit to relay: tags and spacing removed, short, what the user sent masked."""
+    text = " ".join(re.sub(r"<[^>]*>", " ", unescape(text)).split())
+    for secret in user_inputs:
+        if not secret:
+            continue
+        # A short input is masked only as a whole word: "p" must not mangle "password".
+        pattern = re.escape(secret) if len(secret) >= 4 else rf"(?<!\w){re.escape(secret)}(?!\w)"
+        text = re.sub(pattern, "[redacted]", text, flags=re.IGNORECASE)
+    return text[:200]  # cut after masking: a cut must not leave part of a secret behind
 
 
 def token_expiry(session: dict[str, Any]) -> float | None:

@@ -70,6 +70,7 @@ class AuthData:
     counted_sessions: set[str] = field(default_factory=set)
     access_tokens: dict[str, str] = field(default_factory=dict)  # issued tokens -> e-mail
     challenges: dict[str, dict[str, Any]] = field(default_factory=dict)  # step -> {kind, times}
+    holds: dict[str, str] = field(default_factory=dict)  # step -> gate that step waits for
 
     def reset(self) -> None:
         urls = self.urls

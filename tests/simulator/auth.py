@@ -68,7 +68,12 @@ class LoginHost(SimHandler):
         await super().prepare()
         if self._finished:
             return
-        kind = self.data.take_challenge(self.steps.get(self.request.method or "", ""))
+        step = self.steps.get(self.request.method or "", "")
+        if step in self.data.holds:
+            gate = self.state.gate(self.data.holds[step])
+            gate.reached.set()
+            await gate.released.wait()
+        kind = self.data.take_challenge(step)
         if kind is not None:
             self.set_status(403)
             self.set_header("Content-Type", "text/html; charset=UTF-8")
@@ -417,6 +422,15 @@ class ChallengesHandler(ControlHandler):
         self.reply({"ok": True})
 
 
+class HoldsHandler(ControlHandler):
+    """{"step": name, "gate": name}: that step waits until the test releases the gate."""
+
+    def post(self) -> None:
+        spec = json.loads(self.request.body)
+        auth_data(self.state).holds[spec["step"]] = spec["gate"]
+        self.reply({"ok": True})
+
+
 def configure(state: State, urls: dict[str, str]) -> None:
     """Tell the login hosts where each listener is (they redirect between hosts)."""
     auth_data(state).urls = dict(urls)
@@ -445,4 +459,5 @@ PLATFORM_ROUTES: list[tuple[str, Any]] = [(r"/dashboard/onboarding/login", Onboa
 CONTROL_ROUTES: list[tuple[str, Any]] = [
     (r"/__sim__/accounts", AccountsHandler),
     (r"/__sim__/challenges", ChallengesHandler),
+    (r"/__sim__/holds", HoldsHandler),
 ]
