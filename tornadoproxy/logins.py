@@ -112,7 +112,7 @@ class Logins:
         except TimeoutError:
             raise UpstreamError(
                 f"the {browser.flow} did not complete within {self.config.timeout:g} s (logins.timeout); "
-                f"it was at step '{browser.step}'",
+                f"it was at the '{browser.step}' step",
                 kind="timeout",
                 status=504,
                 code="upstream_timeout",
@@ -249,7 +249,7 @@ class _Browser:
         self.step = step
         upstream = self.upstream_of(url)
         if upstream is None:
-            raise LoginError(self._where(step) + "a redirect led outside the configured upstream hosts")
+            raise self._outside(step)
         body, extra = None, list(headers)
         if form is not None:
             body, extra = urlencode(form).encode(), extra + [_FORM]
@@ -288,7 +288,7 @@ class _Browser:
     def resolve(self, page: _Page, target: str) -> str:
         url = urljoin(page.url, target)
         if urlsplit(url).scheme not in ("http", "https") or self.upstream_of(url) is None:
-            raise LoginError(self._where(page.step) + "a redirect led outside the configured upstream hosts")
+            raise self._outside(page.step)
         return url
 
     def location(self, page: _Page) -> str:
@@ -332,23 +332,26 @@ class _Browser:
 
     def refused(self, page: _Page, what: str) -> LoginError:
         alert = _ElementText.read(page.body, "prompt-alert")
-        detail = f": {self.upstream_text(alert)}" if alert else ""
+        detail = f' (the upstream says "{self.upstream_text(alert)}")' if alert else ""
         return LoginError(self._where(page.step) + what + detail)
 
     def unexpected(self, page: _Page, what: str) -> LoginError:
-        return LoginError(
+        return _upstream_error(
             self._where(page.step) + f"{what} (upstream status {page.status}); the upstream flow may "
-            "have changed",
-            outcome="upstream_error",
-            status=502,
-            code="login_upstream_error",
+            "have changed"
         )
+
+    def _outside(self, step: str) -> LoginError:
+        # Never followed: the gateway only talks to the configured upstream hosts.
+        return _upstream_error(self._where(step) + "a redirect led outside the configured upstream hosts")
 
     def upstream_text(self, text: str) -> str:
         return upstream_text(text, self._user_inputs)
 
     def _where(self, step: str) -> str:
-        return f"the {self.flow} stopped at step '{step}': "
+        # "at the 'password' step:" rather than "at step 'password':", which the log redaction
+        # filter reads as a password=value pair.
+        return f"the {self.flow} stopped at the '{step}' step: "
 
     def _diagnose(self, page: _Page, upstream: str) -> None:
         kind = diagnose_page(page.status, page.headers, page.body, blocked_if_html_403=page.step == "csrf")
@@ -437,6 +440,10 @@ def iso_time(value: Any) -> float | None:
     except ValueError:
         return None
     return moment.timestamp() if moment.tzinfo is not None else None
+
+
+def _upstream_error(message: str) -> LoginError:
+    return LoginError(message, outcome="error", status=502, code="login_upstream_error")
 
 
 def _dig(data: Any, *keys: str) -> Any:

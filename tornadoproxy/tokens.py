@@ -171,9 +171,11 @@ class TokenCache:
         except LoginError as error:
             outcome = error.outcome
             self._remember(attempt, error, outcome)
+            log.info("%s ended with %s; %s", _FLOWS[family], error.code, error.message)
             raise
         except UpstreamError as error:
             outcome = "challenge" if error.kind in ("challenge", "blocked") else "error"
+            log.warning("%s ended with %s; %s", _FLOWS[family], error.code, error.message)
             raise
         finally:
             self._limits.end(key, client, outcome)

@@ -193,14 +193,14 @@ def test_wrong_password_is_login_failed_with_the_upstream_message(
     assert answer.status == 401
     error = error_of(answer)
     assert error["code"] == "login_failed" and error["type"] == "login_error"
-    assert "step 'password'" in error["message"] and "Wrong email or password" in error["message"]
+    assert "the 'password' step" in error["message"] and "Wrong email or password" in error["message"]
     assert sim.account_counters(email)["logins"] == 0
 
 
 def test_refused_email_is_login_failed_at_the_identifier_step(login_gw: Gateway, sim: Simulator) -> None:
     answer = login(login_gw, "chatgpt", "not-an-address", WRONG_PASSWORD)
     assert answer.status == 401
-    assert "step 'identifier'" in error_of(answer)["message"]
+    assert "the 'identifier' step" in error_of(answer)["message"]
     assert "Email is not valid" in error_of(answer)["message"]
 
 
@@ -243,7 +243,7 @@ def test_a_challenge_page_at_any_step_is_upstream_challenge(
     answer = login(login_gw, family, *account)
     assert answer.status == 403, answer.body
     error = error_of(answer)
-    assert error["code"] == "upstream_challenge" and f"step '{step}'" in error["message"]
+    assert error["code"] == "upstream_challenge" and f"the '{step}' step" in error["message"]
     assert "egress.proxy" in error["message"] and "403" in error["message"]
 
 
@@ -254,7 +254,8 @@ def test_a_block_page_is_upstream_blocked(
     sim.challenge(step, kind="block")
     answer = login(login_gw, family, *account)
     assert answer.status == 403
-    assert error_of(answer)["code"] == "upstream_blocked" and f"step '{step}'" in error_of(answer)["message"]
+    error = error_of(answer)
+    assert error["code"] == "upstream_blocked" and f"the '{step}' step" in error["message"]
 
 
 @pytest.mark.parametrize(
@@ -430,3 +431,33 @@ def test_login_metrics_and_secrets(login_gw: Gateway, sim: Simulator, account: t
         assert secret not in exposition
     log = login_gw.log_text()
     assert not [s[:8] for s in [password, WRONG_PASSWORD, *SEEN_TOKENS] if s in log]
+
+
+@pytest.mark.parametrize(
+    ("family", "path", "response"),
+    [
+        ("chatgpt", "/api/auth/signin/auth0", {"json": {"url": "http://127.0.0.9:1/authorize?state=x"}}),
+        (
+            "auth",
+            "/authorize",
+            {"status": 302, "headers": [["Location", "http://127.0.0.9:1/u/login/identifier"]]},
+        ),
+    ],
+)
+def test_redirects_outside_the_configured_hosts_are_never_followed(
+    login_gw: Gateway,
+    sim: Simulator,
+    account: tuple[str, str],
+    family: str,
+    path: str,
+    response: dict[str, Any],
+) -> None:
+    sim.script(family, path, response)
+    answer = login(login_gw, "chatgpt", *account)
+    assert answer.status == 502
+    error = error_of(answer)
+    assert (
+        error["code"] == "login_upstream_error"
+        and "outside the configured upstream hosts" in error["message"]
+    )
+    assert "127.0.0.9" not in error["message"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from functools import partial
 
-from tornadoproxy.errors import BadRequest
+from tornadoproxy.errors import BadRequest, GatewayBusy
 from tornadoproxy.handlers.base import BaseHandler
 from tornadoproxy.handlers.routing import Route
 
@@ -23,6 +23,8 @@ class LoginHandler(BaseHandler):
 
     async def post(self) -> None:
         self.check_request()
+        if self.services.lifecycle.draining:
+            raise GatewayBusy("the gateway is shutting down", retry_after=1)
         family = self.route.split("/")[1]
         username, password = parse_login_body(self.body)
         logins, tokens = self.services.logins, self.services.tokens
