@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "egress": 1,
     "forwarding": 1,
     "sealing": 1,
+    "pages": 1,
     "limits": 1,
     "metrics": 2,
     "fetcher": 2,

@@ -13,13 +13,10 @@ import asyncio
 import base64
 import binascii
 import json
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from html import unescape
-from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
@@ -27,17 +24,13 @@ from tornadoproxy.config import LoginsConfig, UpstreamsConfig
 from tornadoproxy.errors import LoginError, UpstreamError
 from tornadoproxy.fetcher import CookieJar, Fetcher, UpstreamRequest
 from tornadoproxy.metrics import Metrics
+from tornadoproxy.pages import diagnose_page, element_text, hidden_inputs, upstream_text
 
 FAMILIES = ("chatgpt", "platform")
 _FLOW_NAMES = {"chatgpt": "ChatGPT login", "platform": "Platform login"}
 _FORM = ("Content-Type", "application/x-www-form-urlencoded")
 _JSON = ("Content-Type", "application/json")
 _RATE_LIMIT_DEFAULT = 60  # seconds, when an upstream 429 names no Retry-After
-_BLOCK_MARKERS = ("you have been blocked", "access denied", "error code: 1020", "error 1020")
-_VOID_ELEMENTS = frozenset(
-    {"area", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"}
-)
-_CHALLENGE_MARKERS = ("<title>just a moment", "_cf_chl_opt", "/cdn-cgi/challenge-platform")
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,13 +318,13 @@ class _Browser:
         return value
 
     def hidden_state(self, page: _Page) -> str:
-        state = _HiddenInputs.read(page.body).get("state")
+        state = hidden_inputs(page.body).get("state")
         if not state:
             raise self.unexpected(page, "the login page has no state")
         return state
 
     def refused(self, page: _Page, what: str) -> LoginError:
-        alert = _ElementText.read(page.body, "prompt-alert")
+        alert = element_text(page.body, "prompt-alert")
         detail = f' (the upstream says "{self.upstream_text(alert)}")' if alert else ""
         return LoginError(self._where(page.step) + what + detail)
 
@@ -381,35 +374,6 @@ class _Browser:
         )
 
 
-def diagnose_page(
-    status: int, headers: Sequence[tuple[str, str]], body: bytes, blocked_if_html_403: bool = False
-) -> str | None:
-    """ "challenge" for a Cloudflare challenge page, "blocked" for a block page, else None."""
-    lowered = {k.lower(): v.lower() for k, v in headers}
-    if lowered.get("cf-mitigated") == "challenge":
-        return "challenge"
-    if "html" not in lowered.get("content-type", ""):
-        return None
-    text = body[:65536].decode("utf-8", "replace").lower()
-    if any(marker in text for marker in _CHALLENGE_MARKERS):
-        return "challenge"
-    if status in (403, 451) and (blocked_if_html_403 or any(m in text for m in _BLOCK_MARKERS)):
-        return "blocked"
-    return None
-
-
-def upstream_text(text: str, user_inputs: Sequence[str]) -> str:
-    """An upstream message fit to relay: tags and spacing removed, short, what the user sent masked."""
-    text = " ".join(re.sub(r"<[^>]*>", " ", unescape(text)).split())
-    for secret in user_inputs:
-        if not secret:
-            continue
-        # A short input is masked only as a whole word: "p" must not mangle "password".
-        pattern = re.escape(secret) if len(secret) >= 4 else rf"(?<!\w){re.escape(secret)}(?!\w)"
-        text = re.sub(pattern, "[redacted]", text, flags=re.IGNORECASE)
-    return text[:200]  # cut after masking: a cut must not leave part of a secret behind
-
-
 def token_expiry(session: dict[str, Any]) -> float | None:
     """When a ChatGPT session's accessToken stops working: the earlier of its JWT `exp` and the
     session's `expires` (ISO 8601), as epoch seconds; None when neither can be read."""
@@ -456,52 +420,3 @@ def _origin(url: str) -> str:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
-
-
-class _HiddenInputs(HTMLParser):
-    """name -> value of every <input type="hidden"> in a page."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.values: dict[str, str] = {}
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        found = dict(attrs)
-        if tag == "input" and (found.get("type") or "").lower() == "hidden" and found.get("name"):
-            self.values.setdefault(str(found["name"]), found.get("value") or "")
-
-    @classmethod
-    def read(cls, body: bytes) -> dict[str, str]:
-        parser = cls()
-        parser.feed(body.decode("utf-8", "replace"))
-        return parser.values
-
-
-class _ElementText(HTMLParser):
-    """The text inside the element with a given id (Auth0 puts its error in #prompt-alert)."""
-
-    def __init__(self, element_id: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self._id = element_id
-        self._depth = 0
-        self.parts: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _VOID_ELEMENTS:
-            return  # no end tag follows
-        if self._depth or dict(attrs).get("id") == self._id:
-            self._depth += 1
-
-    def handle_endtag(self, tag: str) -> None:
-        if self._depth:
-            self._depth -= 1
-
-    def handle_data(self, data: str) -> None:
-        if self._depth:
-            self.parts.append(data)
-
-    @classmethod
-    def read(cls, body: bytes, element_id: str) -> str:
-        parser = cls(element_id)
-        parser.feed(body.decode("utf-8", "replace"))
-        return " ".join(" ".join(parser.parts).split())

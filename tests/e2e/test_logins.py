@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import subprocess
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,8 +18,18 @@ from urllib.parse import unquote
 import pytest
 
 from tests.conftest import base_config
-from tests.harness import Gateway, Response, Simulator, deep_merge, metric_value, request, wait_for
-from tests.secrets_used import LOGIN_PASSWORD, OTHER_PASSWORD, WRONG_PASSWORD
+from tests.harness import (
+    Gateway,
+    Response,
+    Simulator,
+    deep_merge,
+    free_port,
+    metric_value,
+    request,
+    stop_process,
+    wait_for,
+)
+from tests.secrets_used import LOGIN_PASSWORD, OTHER_PASSWORD, PROXY_PASSWORD, WRONG_PASSWORD
 
 FAST = {"tokens": {"kdf_cost": 10}, "logins": {"max_failures_per_address": 1000}}
 SEEN_TOKENS: list[str] = []  # every token a gateway handed out here; none may appear in its log
@@ -461,3 +474,42 @@ def test_redirects_outside_the_configured_hosts_are_never_followed(
         and "outside the configured upstream hosts" in error["message"]
     )
     assert "127.0.0.9" not in error["message"]
+
+
+def accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_every_login_step_goes_through_the_egress_proxy(
+    make_gateway: Any, sim: Simulator, account: tuple[str, str], tmp_path: Path
+) -> None:
+    # microsocks binds its outgoing connections to 127.0.0.5: the journal shows which requests it carried.
+    port = free_port()
+    args = [
+        "microsocks",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-b",
+        "127.0.0.5",
+        "-u",
+        "gw",
+        "-P",
+        PROXY_PASSWORD,
+    ]
+    proxy = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: accepts(port), what="microsocks")
+        url = f"socks5h://gw:{urllib.parse.quote(PROXY_PASSWORD, safe='')}@127.0.0.1:{port}"
+        gw = make_gateway(deep_merge(FAST, {"egress": {"proxy": url}}))
+        for family in ("chatgpt", "platform"):
+            assert login(gw, family, *account).status == 200
+    finally:
+        stop_process(proxy)
+    journal = sim.journal()
+    assert len(journal) == 20 and {entry["remote_ip"] for entry in journal} == {"127.0.0.5"}

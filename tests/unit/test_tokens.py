@@ -14,7 +14,8 @@ import pytest
 from tornadoproxy.errors import BadRequest, LoginError
 from tornadoproxy.handlers.logins import parse_login_body
 from tornadoproxy.limits import AttemptLimiter, LoginLimits
-from tornadoproxy.logins import diagnose_page, iso_time, jwt_expiry, token_expiry, upstream_text
+from tornadoproxy.logins import iso_time, jwt_expiry, token_expiry
+from tornadoproxy.pages import diagnose_page, element_text, hidden_inputs, upstream_text
 from tornadoproxy.sealing import (
     SealedRecord,
     derive_key,
@@ -224,6 +225,18 @@ def test_page_diagnosis() -> None:
     assert diagnose_page(403, HTML, b"<h1>Forbidden</h1>", blocked_if_html_403=True) == "blocked"
     assert diagnose_page(400, HTML, b'<div id="prompt-alert">Wrong email or password</div>') is None
     assert diagnose_page(403, [("Content-Type", "application/json")], b'{"detail":"access denied"}') is None
+
+
+def test_hidden_inputs_and_element_text() -> None:
+    page = (
+        b'<form><input value="s&amp;1" type="HIDDEN" name="state">'
+        b'<input type="hidden" name="state" value="x"><input name="username"></form>'
+        b'<div class="c" id="prompt-alert"><input type="hidden" name="n" value="">'
+        b"<p>Wrong <b>email</b></p> or password</div><p>after</p>"
+    )
+    assert hidden_inputs(page) == {"state": "s&1", "n": ""}
+    assert element_text(page, "prompt-alert") == "Wrong email or password"
+    assert element_text(page, "missing") == ""
 
 
 def test_upstream_text_masks_what_the_user_sent() -> None:
