@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -85,6 +86,8 @@ def check_tokens(config: Config) -> None:
     tokens = config.tokens
     if tokens.store == "file" and not tokens.file:
         raise ConfigError("tokens.file: must name the persistence file when tokens.store is file")
+    if tokens.store == "file" and not os.path.isdir(os.path.dirname(os.path.abspath(tokens.file))):
+        raise ConfigError("tokens.file: its directory does not exist")
     if tokens.store == "redis" and not tokens.redis_url:
         raise ConfigError("tokens.redis_url: must be set when tokens.store is redis")
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tornadoproxy.config import Config as GatewayConfig
+from tornadoproxy.config import ConfigError, build
 from tornadoproxy.errors import BadRequest, LoginError
 from tornadoproxy.handlers.logins import parse_login_body
 from tornadoproxy.limits import AttemptLimiter, LoginLimits
@@ -26,6 +28,7 @@ from tornadoproxy.sealing import (
     unseal,
     user_key,
 )
+from tornadoproxy.server import check_tokens, config_secrets
 from tornadoproxy.tokens import cache_deadline
 from tornadoproxy.tokenstore import secret_from_config, write_atomically
 
@@ -292,3 +295,33 @@ def test_files_are_written_atomically_with_mode_0600(tmp_path: Path) -> None:
     write_atomically(str(path), b"new")
     assert path.read_bytes() == b"new" and stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["tokens.json"]
+
+
+@pytest.mark.parametrize(
+    ("tokens", "problem"),
+    [
+        ({"store": "file"}, "tokens.file: must name the persistence file"),
+        (
+            {"store": "file", "file": "/nonexistent-dir/tokens.json"},
+            "tokens.file: its directory does not exist",
+        ),
+        ({"store": "redis"}, "tokens.redis_url: must be set"),
+        ({"store": "redis", "redis_url": "http://x"}, "tokens.redis_url: must be a redis://"),
+        ({"store": "disk"}, "tokens.store: must be one of memory, file, redis"),
+        ({"kdf_cost": 9}, "tokens.kdf_cost: must be between 10 and 20"),
+    ],
+)
+def test_token_store_settings_are_checked_at_start(tokens: dict[str, object], problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        check_tokens(build(GatewayConfig, {"tokens": tokens}, ""))
+    assert str(caught.value).startswith(problem)
+
+
+def test_token_secrets_are_masked_in_logs(tmp_path: Path) -> None:
+    config = build(
+        GatewayConfig,
+        {"tokens": {"secret": "s3cret-value", "redis_url": "redis://:p%40ss@127.0.0.1:6379/0"}},
+        "",
+    )
+    assert {"s3cret-value", "p@ss"} <= config_secrets(config)
+    check_tokens(build(GatewayConfig, {"tokens": {"store": "file", "file": str(tmp_path / "t.json")}}, ""))
