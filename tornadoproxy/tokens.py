@@ -45,6 +45,7 @@ _FLOWS = {"chatgpt": "ChatGPT login", "platform": "Platform login"}
 # Outcomes that say something about the credentials: remembered for logins.failure_memory.
 _REMEMBERED = ("failed", "mfa", "blocked")
 _WARN_EVERY = 10.0  # seconds between two warnings about an unreachable store
+_TURN_POLL = 0.1  # seconds between two looks for another gateway's login of the same user
 
 
 class LoginAnswer(Protocol):
@@ -92,6 +93,8 @@ class TokenCache:
             (logins.max_failures_per_username, logins.username_window),
             (logins.max_failures_per_address, logins.address_window),
         )
+        # Another gateway's login may take the whole login timeout, plus sealing.
+        self._turn_seconds = logins.timeout + 10
         self._kdf = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokens-scrypt")
         self._warned_at = 0.0
         metrics.token_cache_entries.set_function(self._entries)
@@ -154,13 +157,34 @@ class TokenCache:
         login: Login,
         cache_usable: bool,
     ) -> bytes:
+        holder = None
         if cache_usable:
-            found = await self._lookup(family, key, attempt, password)
+            found: bytes | str | None = await self._lookup(family, key, attempt, password)
+            outcome = "cached"
+            if found == "miss":
+                holder, found = await self._take_turn(family, key, attempt, password)
+                outcome = "joined"  # the answer, if any, comes from another gateway's login
             if isinstance(found, bytes):
-                self._metrics.count_login(family, "cached")
+                self._metrics.count_login(family, outcome)
                 return found
             if found == "mismatch":
                 self._refuse(family, key, attempt, client)
+        try:
+            return await self._login_upstream(family, key, attempt, password, client, login, cache_usable)
+        finally:
+            if holder is not None:
+                await self._release(key, holder)
+
+    async def _login_upstream(
+        self,
+        family: str,
+        key: str,
+        attempt: bytes,
+        password: str,
+        client: str,
+        login: Login,
+        cache_usable: bool,
+    ) -> bytes:
         self._replay_failure(family, attempt)
         self._check_limits(family, key, client)
         self._limits.begin(key, client)
@@ -183,6 +207,42 @@ class TokenCache:
         if cache_usable:
             await self._keep(family, key, attempt, password, answer)
         return answer.body
+
+    async def _take_turn(
+        self, family: str, key: str, attempt: bytes, password: str
+    ) -> tuple[str | None, bytes | str | None]:
+        """Across gateways sharing a store: wait while another one logs this user in.
+
+        Returns (lock holder, None) when it is this gateway's turn to log in, or (None, what the other
+        login left: its answer, or "mismatch" when it does not open with this password). Gives up
+        waiting after logins.timeout (the lock expires by then) and logs in itself."""
+        deadline = time.monotonic() + self._turn_seconds
+        announced = False
+        while True:
+            try:
+                holder = await self._store.lock(key, self._turn_seconds)
+                if holder is not None:
+                    return holder, None
+                if not announced:
+                    announced = True
+                    log.info("waiting for another gateway's %s of the same user", _FLOWS[family])
+                if time.monotonic() > deadline:
+                    return None, None
+                await asyncio.sleep(_TURN_POLL)
+                record = await self._store.get(key)
+            except StoreUnavailable as error:
+                self._warn("token cache unavailable, logging in upstream", error)
+                return None, None
+            if record is not None:
+                found = await self._lookup(family, key, attempt, password)
+                if found != "miss":
+                    return None, found
+
+    async def _release(self, key: str, holder: str) -> None:
+        try:
+            await self._store.unlock(key, holder)
+        except StoreUnavailable as error:
+            self._warn("cannot release a login lock (it expires by itself)", error)
 
     async def _lookup(self, family: str, key: str, attempt: bytes, password: str) -> bytes | str:
         """The cached answer if the record opens with `password`, else "miss" or "mismatch"."""

@@ -45,6 +45,12 @@ return 0
 """
 
 
+_UNLOCK_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class StoreUnavailable(Exception):
     """The store cannot be reached now (Redis down); the cache then works as if it were empty."""
 
@@ -54,6 +60,8 @@ class TokenStore(Protocol):
     async def get(self, key: str) -> SealedRecord | None: ...
     async def put(self, record: SealedRecord) -> None: ...
     async def forget_token(self, token_id: str) -> str | None: ...
+    async def lock(self, key: str, seconds: float) -> str | None: ...
+    async def unlock(self, key: str, holder: str) -> None: ...
     def entries(self) -> int | None: ...
     async def close(self) -> None: ...
 
@@ -120,6 +128,12 @@ class MemoryStore:
         del self._records[key]
         self._changed()
         return key
+
+    async def lock(self, key: str, seconds: float) -> str | None:
+        return "local"  # one process: the cache's own single-flight already serialises logins
+
+    async def unlock(self, key: str, holder: str) -> None:
+        return None
 
     def entries(self) -> int | None:
         self._records.expire()
@@ -224,6 +238,7 @@ class RedisStore:
         self._prefix = prefix
         self._secret = secret
         self._forget = self._redis.register_script(_FORGET_SCRIPT)
+        self._unlock = self._redis.register_script(_UNLOCK_SCRIPT)
 
     async def secret(self) -> bytes:
         """The configured secret, else the one the first gateway stored in Redis (SET NX)."""
@@ -278,6 +293,21 @@ class RedisStore:
         if not dropped:
             return None
         return key.decode() if isinstance(key, bytes) else str(key)
+
+    async def lock(self, key: str, seconds: float) -> str | None:
+        """Take the right to log this user in upstream for `seconds`, or None if another gateway has it."""
+        holder = secrets.token_hex(16)
+        try:
+            taken = await self._redis.set(self._prefix + "l:" + key, holder, nx=True, px=int(seconds * 1000))
+        except (RedisError, OSError) as error:
+            raise StoreUnavailable(type(error).__name__) from None
+        return holder if taken else None
+
+    async def unlock(self, key: str, holder: str) -> None:
+        try:
+            await self._unlock(keys=[self._prefix + "l:" + key], args=[holder])
+        except (RedisError, OSError) as error:
+            raise StoreUnavailable(type(error).__name__) from None
 
     def entries(self) -> int | None:
         return None  # the shared count lives in Redis; the cache reports what this process holds

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import stat
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 import redis
 
 from tests.conftest import base_config
-from tests.e2e.test_logins import FAST, error_of, login, new_email
+from tests.e2e.test_logins import FAST, error_of, joined, login, new_email
 from tests.harness import Gateway, RedisServer, Simulator, deep_merge, free_port, request, wait_for
 from tests.secrets_used import LOGIN_PASSWORD, REDIS_PASSWORD, TOKENS_SECRET, WRONG_PASSWORD
 
@@ -130,6 +131,33 @@ def test_two_gateways_share_one_cache_through_redis(
     assert fresh.status == 200 and token_of("platform", fresh) != tokens[1]
     assert sim.account_counters(email)["logins"] == 3
     assert REDIS_PASSWORD not in one.log_text() + two.log_text()
+
+
+def test_concurrent_logins_on_two_gateways_make_one_upstream_login(
+    make_gateway: Any, sim: Simulator, redis_server: RedisServer
+) -> None:
+    config = deep_merge(
+        FAST, {"tokens": {"store": "redis", "redis_url": redis_server.url, "redis_prefix": "x:"}}
+    )
+    one, two = make_gateway(config), make_gateway(config)
+    email = new_email()
+    sim.add_account(email, LOGIN_PASSWORD)
+    sim.hold("session", "held")
+    with ThreadPoolExecutor(20) as pool:
+        try:
+            first = [pool.submit(login, one, "chatgpt", email, LOGIN_PASSWORD) for _ in range(10)]
+            sim.wait_reached("held")  # the first gateway's login is in flight and holds the user's lock
+            second = [pool.submit(login, two, "chatgpt", email, LOGIN_PASSWORD) for _ in range(10)]
+            wait_for(
+                lambda: "waiting for another gateway" in two.log_text(), what="the second gateway to wait"
+            )
+            wait_for(lambda: joined(one, "chatgpt") == joined(two, "chatgpt") == 9, what="in-process joins")
+        finally:
+            sim.release("held")
+        bodies = {future.result().body for future in first + second}
+    assert len(bodies) == 1
+    assert sim.account_counters(email) == {"logins": 1, "password_attempts": 1}
+    assert joined(two, "chatgpt") == 10  # its own first request joined the first gateway's login
 
 
 def test_an_unreachable_redis_costs_logins_not_the_service(
