@@ -179,6 +179,11 @@ def test_each_login_has_its_own_cookie_jar_and_relays_have_none(
 
 def test_login_hosts_with_separate_cookie_jars(log_dir: Path, tmp_path: Path) -> None:
     # chatgpt on 127.0.0.1, auth on localhost, platform_web on ::1: three cookie hosts, as in reality.
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
     own = Simulator(tmp_path, hosts={"auth": "localhost", "platform_web": "::1"})
     try:
         email = new_email()
