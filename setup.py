@@ -14,6 +14,8 @@ setup(
         "cachetools>=5.3",
         "PyYAML>=6.0",
         "prometheus-client>=0.20",
+        "cryptography>=42",  # AES-GCM sealing of cached tokens (sealing.py)
+        "redis>=5.0",  # the shared token store (tokenstore.py), asyncio API
     ],
     extras_require={
         "test": [

@@ -10,6 +10,7 @@ change; a black hole applies to connections accepted afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import threading
@@ -68,6 +69,7 @@ class FaultProxy:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0.05)  # let the transports finish closing their sockets
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -81,9 +83,11 @@ class FaultProxy:
         record = Connection(time.time())
         self.connections.append(record)
         if fault.kind == "black_hole":
-            await _drain_until_closed(client_reader)
-            record.client_closed_at = time.time()
-            client_writer.close()
+            try:
+                await _drain_until_closed(client_reader)
+                record.client_closed_at = time.time()
+            finally:
+                client_writer.close()
             return
         try:
             server_reader, server_writer = await asyncio.open_connection(*self.target)
@@ -102,6 +106,9 @@ class FaultProxy:
             await asyncio.gather(upward, downward, return_exceptions=True)
             for writer in (server_writer, client_writer):
                 writer.close()
+            for writer in (server_writer, client_writer):
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
 
 
 async def _pipe(

@@ -176,6 +176,22 @@ class Simulator:
     def clear_journal(self) -> None:
         self._control("DELETE", "/__sim__/journal")
 
+    def add_account(self, email: str, password: str, **flags: Any) -> None:
+        """A login account (flags: mfa, deactivated, rate_limited, token_ttl)."""
+        self._control("POST", "/__sim__/accounts", {"email": email, "password": password, **flags})
+
+    def account_counters(self, email: str) -> dict[str, int]:
+        """{"logins": completed logins, "password_attempts": password forms received} of an account."""
+        return dict(self._control("GET", "/__sim__/accounts")[email])
+
+    def challenge(self, step: str, kind: str = "challenge", times: int = -1) -> None:
+        """Answer a login step with a Cloudflare challenge (or "block") page, `times` times (-1: always)."""
+        self._control("POST", "/__sim__/challenges", {"step": step, "kind": kind, "times": times})
+
+    def hold(self, step: str, gate: str) -> None:
+        """Make a login step wait until `gate` is released."""
+        self._control("POST", "/__sim__/holds", {"step": step, "gate": gate})
+
     def journal(self, family: str | None = None, path: str | None = None) -> list[dict[str, Any]]:
         query = urllib.parse.urlencode({k: v for k, v in (("family", family), ("path", path)) if v})
         return list(self._control("GET", "/__sim__/journal" + ("?" + query if query else "")))
@@ -215,7 +231,13 @@ class Gateway:
             env=environment,
         )
         self.url = f"http://127.0.0.1:{self.port}"
-        wait_for(lambda: self._answers("/healthz"), timeout=15, what=f"gateway on port {self.port} to start")
+        try:
+            wait_for(
+                lambda: self._answers("/healthz"), timeout=15, what=f"gateway on port {self.port} to start"
+            )
+        except BaseException:
+            self.stop()  # a gateway that did not come up is still ours to stop
+            raise
 
     def wait_ready(self, timeout: float = 15, headers: dict[str, str] | None = None) -> None:
         """Wait for the first round of upstream probes, so they are over before a test begins."""
@@ -284,3 +306,33 @@ def streaming(
         yield connection.getresponse()
     finally:
         connection.close()
+
+
+class RedisServer:
+    """A throw-away redis-server (Debian package) on a free loopback port, no persistence."""
+
+    def __init__(self, log_dir: Path, password: str | None = None) -> None:
+        self.port = free_port()
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "no", "--daemonize", "no", "--dir", str(log_dir)]
+        if password:
+            args += ["--requirepass", password]
+        self.log = open(log_dir / f"redis-{self.port}.log", "wb")
+        self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        auth = f":{urllib.parse.quote(password, safe='')}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
+        wait_for(self._ready, timeout=10, what=f"redis-server on port {self.port}")
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self.log.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tornado.web import Application, RequestHandler
 
-from tornadoproxy.handlers import chatgpt, ops, platform
+from tornadoproxy.handlers import chatgpt, logins, ops, platform
 from tornadoproxy.handlers.base import RELAY_METHODS, BaseHandler
 from tornadoproxy.handlers.ops import NotFoundHandler
 from tornadoproxy.handlers.routing import Route, route_specs
@@ -20,7 +20,7 @@ _KNOWN_METHODS = frozenset(RELAY_METHODS + ("OPTIONS",))
 
 def all_routes() -> list[Route]:
     """Every route the gateway serves, in matching order."""
-    return ops.ROUTES + chatgpt.ROUTES + platform.ROUTES
+    return logins.ROUTES + ops.ROUTES + chatgpt.ROUTES + platform.ROUTES
 
 
 def make_app(services: Services) -> Application:

@@ -233,6 +233,86 @@ class StreamsConfig:
     )
 
 
+def _redis_url(value: str) -> str | None:
+    if value == "":
+        return None
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return "is not a valid redis:// URL"
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        return "must be a redis://, rediss:// or unix:// URL"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class LoginsConfig:
+    platform_client_id: str = option(
+        "DRivsnm2Mu42T3KOpqdtwB3NYviHYzwD", "Auth0 client id of the platform web app (platform login)"
+    )
+    timeout: float = option(
+        60.0, "seconds a whole login flow may take, all steps together, before 504", _positive
+    )
+    max_redirects: int = option(10, "redirects followed within one step of a login flow", _between(1, 50))
+    max_failures_per_username: int = option(
+        5,
+        "failed logins per username within logins.username_window before 429 (0: no limit); "
+        "cache hits and joins of a login in flight never count",
+        _non_negative,
+    )
+    username_window: float = option(900.0, "seconds over which failures per username count", _positive)
+    max_failures_per_address: int = option(
+        30,
+        "failed logins per client address within logins.address_window before 429 (0: no limit)",
+        _non_negative,
+    )
+    address_window: float = option(60.0, "seconds over which failures per address count", _positive)
+    failure_memory: float = option(
+        60.0,
+        "seconds a failed login (wrong password, MFA, blocked account) is answered again from memory "
+        "for the same username and password, without reaching the upstream (0: off)",
+        _non_negative,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TokensConfig:
+    store: Literal["memory", "file", "redis"] = option(
+        "memory",
+        "where cached logins live: memory (this process), file (memory, persisted to tokens.file) "
+        "or redis (shared by every gateway using tokens.redis_url)",
+    )
+    file: str = option("", "the persistence file for store: file (written atomically, mode 0600)")
+    redis_url: str = option(
+        "", "redis://[:password@]host:port/db (or rediss://, unix://) for store: redis", _redis_url
+    )
+    redis_prefix: str = option("tornadoproxy:tokens:", "prefix of every Redis key the cache writes")
+    secret: str = option(
+        "",
+        "key of the HMAC that turns usernames into cache keys; empty: generated once and kept in the "
+        "persistence file or in Redis (set it to keep usernames unguessable from the file or Redis)",
+    )
+    expiry_margin: float = option(
+        3600.0,
+        "an accessToken is served from cache until its own expiry (JWT exp, session expires) minus "
+        "this many seconds",
+        _non_negative,
+    )
+    session_key_ttl: float = option(
+        86400.0, "seconds a platform sessionKey (which carries no expiry) is served from cache", _positive
+    )
+    max_entries: int = option(
+        10000, "cached logins held in memory; the least recently used go first", _between(1, 10_000_000)
+    )
+    kdf_cost: int = option(
+        15,
+        "scrypt cost (log2 N, r=8, p=1) of the key that seals each cached token with its password; "
+        "15 takes about 0.1 s and 32 MiB",
+        _between(10, 20),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ReadinessConfig:
     interval: float = option(
@@ -263,6 +343,8 @@ class Config:
     fetch: FetchConfig = section(FetchConfig, "the upstream HTTP client")
     streams: StreamsConfig = section(StreamsConfig, "Server-Sent Events relays")
     readiness: ReadinessConfig = section(ReadinessConfig, "the upstream probes behind /readyz")
+    logins: LoginsConfig = section(LoginsConfig, "the /chatgpt/login and /platform/login flows")
+    tokens: TokensConfig = section(TokensConfig, "the cache of logins (accessTokens and sessionKeys)")
     logging: LoggingConfig = section(LoggingConfig, "logs")
 
 

@@ -111,3 +111,26 @@ def upstream_timeout(message: str) -> UpstreamError:
 
 def egress_proxy_error(message: str, kind: str) -> UpstreamError:
     return UpstreamError(message, kind=kind, status=502, code="egress_proxy_error")
+
+
+class LoginError(GatewayError):
+    """A login the gateway could not complete (shared/spec/gateway.md): `login_failed` (401),
+    `login_mfa_unsupported` (400), `login_account_blocked` (403), `login_rate_limited` (429 with
+    Retry-After) or `login_upstream_error` (502: an upstream step answered something unexpected).
+    `outcome` is the bounded metrics label. Messages name the step, never what the client sent."""
+
+    status = 401
+    code = "login_failed"
+    type = "login_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        outcome: str = "failed",
+        status: int | None = None,
+        code: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message, status=status, code=code, retry_after=retry_after)
+        self.outcome = outcome

@@ -54,15 +54,35 @@ class UpstreamRoute:
         return self.proxy.curl_options() + self.profile.curl_options()
 
 
+class CookieJar:
+    """One login's cookies, kept by libcurl's own cookie engine in a share of the cookie data.
+
+    libcurl treats loopback as a secure context (RFC 6265bis), so `Secure` and `__Host-` cookies work
+    against the plain-http simulator as against the real https hosts; Python's http.cookiejar does
+    not. A jar is never shared between logins and never attached to relayed requests."""
+
+    __slots__ = ("_share",)
+
+    def __init__(self) -> None:
+        self._share = pycurl.CurlShare()
+        self._share.setopt(pycurl.SH_SHARE, pycurl.LOCK_DATA_COOKIE)
+
+    def attach(self, curl: pycurl.Curl) -> None:
+        curl.setopt(pycurl.SHARE, self._share)
+        curl.setopt(pycurl.COOKIEFILE, "")  # "" turns the cookie engine on without reading a file
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamRequest:
-    """One request to send; `headers` are the client's headers to merge into the profile."""
+    """One request to send; `headers` are the client's headers to merge into the profile.
+    `cookies` is the login's jar (None for every relayed request: no cookie engine at all)."""
 
     upstream: str
     method: str
     url: str
     headers: Sequence[tuple[str, str]] = ()
     body: bytes | None = None
+    cookies: CookieJar | None = None
 
 
 class Gate:
@@ -322,6 +342,7 @@ class Fetcher:
         options = self._route_options[request.upstream]
         header_lines = route.profile.header_lines(request.headers, route.origin)
         idle = self.config.idle_timeout
+        cookies = request.cookies
 
         def prepare(curl: pycurl.Curl) -> None:
             for option, value in options:
@@ -343,6 +364,12 @@ class Fetcher:
             # re-enters the client or raises.
             curl.setopt(pycurl.HEADERFUNCTION, exchange.on_header)
             curl.setopt(pycurl.WRITEFUNCTION, exchange.on_write)
+            # curl_easy_reset keeps a handle's shares and cookies: a handle that served a login would
+            # send that login's cookies with the next request it serves. Detaching the share also
+            # drops the handle's cookie engine (checked against libcurl 8.23, tests/e2e/test_logins.py).
+            curl.setopt(pycurl.SHARE, None)
+            if cookies is not None:
+                cookies.attach(curl)
             exchange.on_curl_ready(curl)
 
         body = request.body if request.method not in ("GET", "HEAD") else None

@@ -35,6 +35,25 @@ UPSTREAM_ERROR_KINDS = (
     "protocol",
 )
 UPSTREAM_STATES = ("pending", "reachable", "challenged", "blocked", "unreachable")
+LOGIN_FAMILIES = ("chatgpt", "platform")
+# ok: an upstream login succeeded; cached: served from the token cache; joined: waited for the same
+# login in flight; failed: wrong credentials (upstream, or the cached entry's sealed password);
+# remembered: a failure answered again from memory; limited: the gateway's own attempt limits.
+LOGIN_OUTCOMES = (
+    "ok",
+    "cached",
+    "joined",
+    "failed",
+    "remembered",
+    "mfa",
+    "blocked",
+    "rate_limited",
+    "limited",
+    "challenge",
+    "error",
+)
+TOKEN_LOOKUP_RESULTS = ("hit", "miss", "mismatch")
+TOKEN_EVICTION_REASONS = ("expired", "unauthorized", "capacity")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -103,6 +122,38 @@ class Metrics:
             registry=registry,
             multiprocess_mode="liveall",
         )
+        self._logins = Counter(
+            "tornadoproxy_logins",
+            "Login requests (/chatgpt/login, /platform/login) by family and outcome.",
+            ("family", "outcome"),
+            registry=registry,
+        )
+        self._login_duration = Histogram(
+            "tornadoproxy_login_duration_seconds",
+            "Time an upstream login flow took, all steps (cache hits excluded).",
+            ("family",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._token_lookups = Counter(
+            "tornadoproxy_token_cache_lookups",
+            "Token cache lookups by family and result (hit, miss, mismatch: wrong password).",
+            ("family", "result"),
+            registry=registry,
+        )
+        self._token_evictions = Counter(
+            "tornadoproxy_token_cache_evictions",
+            "Cached logins dropped by this process, by reason (expired, unauthorized: upstream 401, "
+            "capacity).",
+            ("reason",),
+            registry=registry,
+        )
+        self.token_cache_entries = Gauge(
+            "tornadoproxy_token_cache_entries",
+            "Cached logins held by this process (with Redis: those it has stored or opened).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         build = Info("tornadoproxy_build", "Versions of the gateway and its stack.", registry=registry)
         build.info(
             {
@@ -122,6 +173,14 @@ class Metrics:
                 self._upstream_errors.labels(upstream, kind)
         for reason in STREAM_END_REASONS:
             self._streams_ended.labels(reason)
+        for family in LOGIN_FAMILIES:
+            self._login_duration.labels(family)
+            for outcome in LOGIN_OUTCOMES:
+                self._logins.labels(family, outcome)
+            for result in TOKEN_LOOKUP_RESULTS:
+                self._token_lookups.labels(family, result)
+        for reason in TOKEN_EVICTION_REASONS:
+            self._token_evictions.labels(reason)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
@@ -147,6 +206,18 @@ class Metrics:
     def set_upstream_state(self, upstream: str, state: str) -> None:
         for candidate in UPSTREAM_STATES:
             self._upstream_state.labels(upstream, candidate).set(1 if candidate == state else 0)
+
+    def count_login(self, family: str, outcome: str) -> None:
+        self._logins.labels(family, outcome).inc()
+
+    def observe_login(self, family: str, seconds: float) -> None:
+        self._login_duration.labels(family).observe(seconds)
+
+    def count_token_lookup(self, family: str, result: str) -> None:
+        self._token_lookups.labels(family, result).inc()
+
+    def count_token_eviction(self, reason: str, count: int = 1) -> None:
+        self._token_evictions.labels(reason).inc(count)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition in the format `accept` asks for (text or OpenMetrics)."""

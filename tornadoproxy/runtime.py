@@ -22,7 +22,20 @@ from tornadoproxy.services import Services
 
 log = logging.getLogger(__name__)
 
-RESTART_ONLY = ("server.host", "server.port", "server.ops_host", "server.ops_port", "fetch.max_clients")
+# Settings whose components are built once at start-up ("tokens" stands for its whole section).
+RESTART_ONLY = (
+    "server.host",
+    "server.port",
+    "server.ops_host",
+    "server.ops_port",
+    "fetch.max_clients",
+    "tokens",
+    "logins.max_failures_per_username",
+    "logins.username_window",
+    "logins.max_failures_per_address",
+    "logins.address_window",
+    "logins.failure_memory",
+)
 
 Loader = Callable[[], tuple[Config, dict[str, UpstreamRoute], frozenset[str]]]
 
@@ -55,6 +68,7 @@ class Runtime:
         self.services.access = access_policy(config)
         self.services.fetcher.reconfigure(config.fetch, routes)
         self.services.readiness.reconfigure(config.readiness, config.upstreams.by_name())
+        self.services.logins.reconfigure(config.logins, config.upstreams)
         for server in self.servers:
             _update_connection_limits(server, config)
         log.info("configuration reloaded")
@@ -94,8 +108,10 @@ def _update_connection_limits(server: HTTPServer, config: Config) -> None:
 
 
 def _value(config: Config, key: str) -> object:
-    section, name = key.split(".")
-    return getattr(getattr(config, section), name)
+    value: object = config
+    for name in key.split("."):
+        value = getattr(value, name)
+    return value
 
 
 async def _wait_until(condition: Callable[[], bool], deadline: float) -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from prometheus_client import CollectorRegistry
 from tornado.netutil import bind_sockets
@@ -24,12 +25,15 @@ from tornadoproxy.config import Config, ConfigError, load_config
 from tornadoproxy.egress import EgressProxy
 from tornadoproxy.fetcher import Fetcher, UpstreamRoute
 from tornadoproxy.listener import GatewayHTTPServer
+from tornadoproxy.logins import Logins
 from tornadoproxy.logs import configure_logging
 from tornadoproxy.metrics import Metrics
 from tornadoproxy.profiles import profile_registry
 from tornadoproxy.readiness import Readiness
 from tornadoproxy.runtime import Loader, Runtime, access_policy, connection_body_limit
 from tornadoproxy.services import Services
+from tornadoproxy.tokens import TokenCache
+from tornadoproxy.tokenstore import MemoryStore, RedisStore, TokenStore, secret_from_config
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +65,9 @@ def load(
 ) -> tuple[Config, dict[str, UpstreamRoute], frozenset[str]]:
     """The validated configuration, the routes it implies and the secrets it holds."""
     config = load_config(config_path, environ)
-    return config, build_routes(config), config_secrets(config)
+    routes = build_routes(config)
+    check_tokens(config)
+    return config, routes, config_secrets(config)
 
 
 def build_routes(config: Config) -> dict[str, UpstreamRoute]:
@@ -84,10 +90,34 @@ def build_routes(config: Config) -> dict[str, UpstreamRoute]:
     }
 
 
+def check_tokens(config: Config) -> None:
+    """The token store's settings fit together (each key alone is checked by load_config)."""
+    tokens = config.tokens
+    if tokens.store == "file" and not tokens.file:
+        raise ConfigError("tokens.file: must name the persistence file when tokens.store is file")
+    if tokens.store == "file" and not os.path.isdir(os.path.dirname(os.path.abspath(tokens.file))):
+        raise ConfigError("tokens.file: its directory does not exist")
+    if tokens.store == "redis" and not tokens.redis_url:
+        raise ConfigError("tokens.redis_url: must be set when tokens.store is redis")
+
+
+def build_store(config: Config, metrics: Metrics) -> TokenStore:
+    tokens = config.tokens
+    secret = secret_from_config(tokens.secret)
+    if tokens.store == "redis":
+        return RedisStore(tokens.redis_url, tokens.redis_prefix, secret)
+    path = tokens.file if tokens.store == "file" else ""
+    return MemoryStore(tokens.max_entries, metrics, secret, path)
+
+
 def config_secrets(config: Config) -> frozenset[str]:
     """Configured secrets the log filter must mask wherever they appear."""
     proxy = EgressProxy.parse(config.egress.proxy)
-    return frozenset(s.reveal() for s in (proxy.username, proxy.password) if s is not None)
+    found = {s.reveal() for s in (proxy.username, proxy.password) if s is not None}
+    found.add(config.tokens.secret)
+    redis_password = urlsplit(config.tokens.redis_url).password if config.tokens.redis_url else None
+    found.add(unquote(redis_password or ""))
+    return frozenset(s for s in found if s)
 
 
 def _origin(url: str) -> str:
@@ -105,7 +135,9 @@ async def serve(
     metrics = Metrics(CollectorRegistry(), tuple(routes))
     fetcher = Fetcher(config.fetch, routes, metrics)
     readiness = Readiness(config.readiness, config.upstreams.by_name(), fetcher, metrics)
-    services = Services(config, access_policy(config), fetcher, metrics, readiness)
+    logins = Logins(config.logins, config.upstreams, fetcher, metrics)
+    tokens = TokenCache(config.tokens, config.logins, build_store(config, metrics), metrics)
+    services = Services(config, access_policy(config), fetcher, metrics, readiness, logins, tokens)
     servers = [_listen(make_app(services), sockets, config)]
     if ops_sockets:
         servers.append(_listen(make_ops_app(services), ops_sockets, config))
@@ -122,6 +154,7 @@ async def serve(
     await stop.wait()
     readiness.stop()
     await runtime.drain()
+    await tokens.close()  # the persistence file gets its last write here
     fetcher.close()
     log.info("stopped")
 

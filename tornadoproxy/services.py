@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from tornadoproxy.access import AccessPolicy
 from tornadoproxy.config import Config
 from tornadoproxy.fetcher import Fetcher
+from tornadoproxy.logins import Logins
 from tornadoproxy.metrics import Metrics
 from tornadoproxy.readiness import Readiness
+from tornadoproxy.tokens import TokenCache
 
 
 @dataclass(slots=True)
@@ -29,4 +31,6 @@ class Services:
     fetcher: Fetcher
     metrics: Metrics
     readiness: Readiness
+    logins: Logins
+    tokens: TokenCache
     lifecycle: Lifecycle = field(default_factory=Lifecycle)

@@ -290,9 +290,3 @@ def test_cors_preflight_answered_by_gateway(gateway: Gateway, sim: Simulator) ->
 def test_health(gateway: Gateway) -> None:
     answer = request("GET", gateway.url + "/healthz")
     assert answer.status == 200 and answer.json() == {"status": "ok"}
-
-
-def test_login_not_built_yet_is_clear_501(gateway: Gateway, sim: Simulator) -> None:
-    answer = request("POST", gateway.url + "/platform/login", body={"username": "a@b.c", "password": "p"})
-    assert answer.status == 501
-    assert answer.json()["error"]["code"] == "not_implemented"

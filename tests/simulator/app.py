@@ -35,7 +35,8 @@ def family_app(state: State, family: str) -> Application:
 
 
 def control_app(state: State) -> Application:
-    return Application([(pattern, handler, {"state": state}) for pattern, handler in control.ROUTES])
+    routes = control.ROUTES + auth.CONTROL_ROUTES
+    return Application([(pattern, handler, {"state": state}) for pattern, handler in routes])
 
 
 def _listen(app: Application, host: str) -> str:
@@ -43,7 +44,7 @@ def _listen(app: Application, host: str) -> str:
     server = HTTPServer(app, xheaders=False)
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
-    return f"http://{host}:{port}"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 async def run(hosts: dict[str, str]) -> None:
@@ -51,6 +52,7 @@ async def run(hosts: dict[str, str]) -> None:
     urls = {"control": _listen(control_app(state), "127.0.0.1")}
     for family in FAMILIES:
         urls[family] = _listen(family_app(state, family), hosts.get(family, "127.0.0.1"))
+    auth.configure(state, urls)
     print(json.dumps(urls), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -66,11 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="FAMILY=ADDR",
-        help="loopback address a family listens on (default 127.0.0.1)",
+        help="loopback address or localhost a family listens on (default 127.0.0.1)",
     )
     args = parser.parse_args(argv)
     hosts = dict(item.split("=", 1) for item in args.host)
-    if any(not addr.startswith("127.") for addr in hosts.values()):
+    # Only 127.0.0.1, localhost and ::1 are secure contexts for libcurl's cookie engine (measured with
+    # libcurl 8.23: a `Secure` cookie from 127.0.0.2 is dropped), so those three names give the login
+    # hosts separate cookie jars as real https hosts have; other 127.x addresses still work otherwise.
+    if any(not (addr.startswith("127.") or addr in ("localhost", "::1")) for addr in hosts.values()):
         print("simulator: only loopback addresses", file=sys.stderr)
         return 2
     asyncio.run(run(hosts))

@@ -253,6 +253,9 @@ class BaseHandler(RequestHandler):
                 self.finish()
                 return
             self.upstream_status = exchange.status
+            if exchange.status == 401:
+                # The credential is dead upstream; if the token cache issued it, stop serving it.
+                await self.services.tokens.forget_token(authorization)
             if is_event_stream(exchange.headers):
                 await self._relay_stream(exchange)
             else:

@@ -7,7 +7,6 @@ one so that metrics and logs carry their templates, and any other `/platform/v1/
 
 from __future__ import annotations
 
-from tornadoproxy.errors import GatewayError
 from tornadoproxy.forwarding import upstream_url
 from tornadoproxy.handlers.base import BaseHandler
 from tornadoproxy.handlers.routing import Route
@@ -28,21 +27,7 @@ class PlatformRelayHandler(BaseHandler):
     get = post = put = patch = delete = head = _relay
 
 
-class PlatformLoginHandler(BaseHandler):
-    """POST /platform/login: username + password -> sessionKey (not built yet)."""
-
-    def post(self) -> None:
-        self.check_request()
-        raise GatewayError(
-            "platform login is not available in this version of the gateway; send an API key or "
-            "a sessionKey in Authorization instead",
-            status=501,
-            code="not_implemented",
-        )
-
-
 ROUTES: list[Route] = [
-    Route("/platform/login", PlatformLoginHandler),
     Route("/platform/v1/models", PlatformRelayHandler),
     Route("/platform/v1/models/{model}", PlatformRelayHandler),
     Route("/platform/v1/completions", PlatformRelayHandler),
