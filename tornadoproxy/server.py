@@ -20,12 +20,13 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from tornadoproxy.app import make_app
-from tornadoproxy.config import Config, ConfigError, load_config
-from tornadoproxy.egress import EgressProxy
-from tornadoproxy.fetcher import Fetcher, UpstreamRoute
+from tornadoproxy.config import Config, ConfigError, CustomProfileConfig, ProxySetting, load_config
+from tornadoproxy.egress import parse_proxies, proxy_secrets
+from tornadoproxy.egress_pool import EgressPools
+from tornadoproxy.fetcher import Fetcher, UpstreamRoute, tls_settings_problem
 from tornadoproxy.logs import configure_logging
 from tornadoproxy.metrics import Metrics
-from tornadoproxy.profiles import profile_registry
+from tornadoproxy.profiles import ClientProfile, derive_profile, profile_problem, profile_registry
 from tornadoproxy.services import Services
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,9 @@ def main(config_path: str | None, environ: Mapping[str, str]) -> int:
 
 
 def build_routes(config: Config) -> dict[str, UpstreamRoute]:
-    """How each upstream is reached: origin, egress proxy and client profile."""
-    profiles = profile_registry()
-    proxy = EgressProxy.parse(config.egress.proxy)
+    """How each upstream is reached: origin, egress proxies and client profile."""
+    profiles = build_profiles(config.profiles.custom)
+    proxies = egress_settings(config)
     urls = {
         "chatgpt": config.upstreams.chatgpt,
         "auth": config.upstreams.auth,
@@ -72,14 +73,74 @@ def build_routes(config: Config) -> dict[str, UpstreamRoute]:
             known = ", ".join(sorted(profiles))
             raise ConfigError(f"profiles.{key}: unknown profile {chosen[key]!r} (known: {known})")
     return {
-        name: UpstreamRoute(name, _origin(urls[name]), proxy, profiles[chosen[name]]) for name in UPSTREAMS
+        name: UpstreamRoute(name, _origin(urls[name]), parse_proxies(proxies[name]), profiles[chosen[name]])
+        for name in UPSTREAMS
     }
 
 
+def egress_settings(config: Config) -> dict[str, ProxySetting]:
+    """Each upstream's egress setting: its override, else egress.proxy (platform_web follows auth)."""
+    egress = config.egress
+    return {
+        "chatgpt": egress.chatgpt or egress.proxy,
+        "auth": egress.auth or egress.proxy,
+        "platform": egress.platform or egress.proxy,
+        "platform_web": egress.auth or egress.proxy,
+    }
+
+
+def build_profiles(custom: Mapping[str, CustomProfileConfig]) -> dict[str, ClientProfile]:
+    """The built-in profiles and the operator's own, each checked (TLS knobs by libcurl itself)."""
+    builtin = profile_registry()
+    built: dict[str, ClientProfile] = {}
+
+    def resolve(name: str, chain: tuple[str, ...]) -> ClientProfile:
+        if name in built:
+            return built[name]
+        spec = custom[name]
+        path = f"profiles.custom.{name}"
+        base = None
+        if spec.base:
+            if spec.base in chain + (name,):
+                raise ConfigError(f"{path}.base: profiles derive from each other in a loop")
+            if spec.base in custom and spec.base != name:
+                base = resolve(spec.base, chain + (name,))
+            elif spec.base in builtin:
+                base = builtin[spec.base]
+            else:
+                known = ", ".join(sorted(set(builtin) | set(custom)))
+                raise ConfigError(f"{path}.base: unknown profile {spec.base!r} (known: {known})")
+        changes = {key: getattr(spec, key) for key in _PROFILE_FIELDS if getattr(spec, key) is not None}
+        profile = derive_profile(name, base, changes)
+        problem = profile_problem(profile) or tls_settings_problem(profile.curl_options())
+        if problem:
+            raise ConfigError(f"{path}: {problem}")
+        built[name] = profile
+        return profile
+
+    for name in custom:
+        resolve(name, ())
+    return profile_registry(built)
+
+
+_PROFILE_FIELDS = (
+    "headers",
+    "http_version",
+    "ciphers",
+    "tls13_ciphers",
+    "curves",
+    "signature_algorithms",
+    "alpn",
+    "min_tls",
+)
+
+
 def config_secrets(config: Config) -> frozenset[str]:
-    """Configured secrets the log filter must mask wherever they appear."""
-    proxy = EgressProxy.parse(config.egress.proxy)
-    return frozenset(s.reveal() for s in (proxy.username, proxy.password) if s is not None)
+    """Configured secrets the log filter must mask wherever they appear: proxy credentials."""
+    found: set[str] = set()
+    for setting in egress_settings(config).values():
+        found |= proxy_secrets(parse_proxies(setting))
+    return frozenset(found)
 
 
 def _origin(url: str) -> str:
@@ -89,7 +150,9 @@ def _origin(url: str) -> str:
 
 async def serve(config: Config, routes: dict[str, UpstreamRoute], sockets: list[socket.socket]) -> None:
     metrics = Metrics(CollectorRegistry(), tuple(routes))
-    fetcher = Fetcher(config.fetch, routes, metrics)
+    proxies = {name: route.proxies for name, route in routes.items()}
+    pools = EgressPools(proxies, config.egress.cooldown, metrics)
+    fetcher = Fetcher(config.fetch, routes, metrics, pools)
     services = Services(config, fetcher, metrics)
     server = HTTPServer(
         make_app(services),
