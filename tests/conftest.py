@@ -55,8 +55,12 @@ def make_gateway(simulator: Simulator, log_dir: Path) -> Iterator[Callable[..., 
     """Start gateways with extra configuration; each is stopped after the test."""
     started: list[Gateway] = []
 
-    def start(extra: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Gateway:
-        gw = Gateway(deep_merge(base_config(simulator), extra or {}), log_dir, env)
+    def start(
+        extra: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        wrapper: list[str] | None = None,
+    ) -> Gateway:
+        gw = Gateway(deep_merge(base_config(simulator), extra or {}), log_dir, env, wrapper)
         started.append(gw)
         return gw
 

@@ -8,7 +8,7 @@ code for SOCKS). What libcurl 8.23 reports was measured with the real proxies of
   SOCKS5 bad / no credentials   errno 97, CURLPX 33 / 12             -> proxy_auth
   tinyproxy bad / no creds      errno 7, CONNECT 401 / 407 (squid: 407 for both)  -> proxy_auth
   microsocks cannot resolve     errno 97, CURLPX 20 (reply 1)        -> proxy_dns (socks5h, name)
-  socks5 cannot resolve here    errno 97, CURLPX 27                  -> proxy_dns
+  socks5 cannot resolve here    errno 6 (libcurl resolves before the handshake) -> proxy_dns
   tinyproxy cannot resolve      errno 7, CONNECT 500 (same as refused: not told apart) -> proxy_error
   upstream refused behind it    errno 97 CURLPX 19 / CONNECT 500 (tinyproxy), 503 (squid) -> proxy_error
   HTTP proxy given a SOCKS one  errno 56 "Proxy CONNECT aborted"    -> proxy_error
@@ -33,7 +33,7 @@ _SOCKS_AUTH = {
     28: "SOCKS5: authentication could not be sent",
     33: "SOCKS5: user name and password rejected",
 }
-_SOCKS_RESOLVE_HOST = 27  # socks5:// resolves the upstream name on this host, and that failed
+_SOCKS_RESOLVE_HOST = 27  # the same from libcurl's SOCKS code (8.23 resolves earlier: errno 6)
 # CURLPX_REPLY_* -> (SOCKS5 reply code of RFC 1928, its meaning)
 _SOCKS_REPLIES = {
     20: (1, "general failure"),
@@ -138,6 +138,11 @@ def _proxy_failure(failure: CurlFailure, proxy: EgressProxy, host: str) -> tuple
     """(kind, what happened) for a failure at the egress proxy, or None if it happened beyond it."""
     if failure.errno == 5:
         return "proxy_dns", f"its own host name {proxy.host} could not be resolved"
+    if failure.errno == 6 and proxy.scheme == "socks5" or failure.proxy_code == _SOCKS_RESOLVE_HOST:
+        return "proxy_dns", (
+            f"socks5:// resolves names on this host, and {host} could not be resolved here "
+            "(socks5h:// lets the proxy resolve it)"
+        )
     if failure.errno == 7:
         code = failure.connect_code
         if code == 0:
@@ -160,11 +165,6 @@ def _proxy_failure(failure: CurlFailure, proxy: EgressProxy, host: str) -> tuple
 def _socks_failure(code: int, proxy: EgressProxy, host: str) -> tuple[str, str]:
     if code in _SOCKS_AUTH:
         return "proxy_auth", _auth_problem(proxy, _SOCKS_AUTH[code])
-    if code == _SOCKS_RESOLVE_HOST:
-        return "proxy_dns", (
-            f"socks5:// resolves names on this host, and {host} could not be resolved here "
-            "(socks5h:// lets the proxy resolve it)"
-        )
     reply = _SOCKS_REPLIES.get(code)
     if reply is None:
         return "proxy_error", f"the SOCKS5 handshake failed (libcurl proxy error {code})"

@@ -82,8 +82,10 @@ class EgressProxy:
         return (
             (pycurl.PROXY, f"{host}:{self.port}"),
             (pycurl.PROXYTYPE, _PROXY_TYPES[self.scheme]),
-            (pycurl.PROXYUSERNAME, self.username.reveal() if self.username else ""),
-            (pycurl.PROXYPASSWORD, self.password.reveal() if self.password else ""),
+            # None (not ""): with an empty user name libcurl would still offer SOCKS5 user/password
+            # authentication, and a proxy that needs credentials would say "rejected", not "missing".
+            (pycurl.PROXYUSERNAME, self.username.reveal() if self.username is not None else None),
+            (pycurl.PROXYPASSWORD, self.password.reveal() if self.password is not None else None),
             (pycurl.PROXYAUTH, pycurl.HTTPAUTH_BASIC),
             (pycurl.NOPROXY, ""),
             # Always CONNECT through HTTP proxies, also to http:// upstreams, so a proxy never sees
