@@ -65,7 +65,8 @@ def proxies(tmp_path_factory: pytest.TempPathFactory, simulator: Simulator) -> I
         started.append(start_microsocks(base / "socks-auth", "127.0.0.4", SOCKS_USER, PROXY_PASSWORD))
         started.append(start_tinyproxy(base / "tiny", "127.0.0.3", ports, TINY_USER, TINY_PASSWORD))
         started.append(start_squid("127.0.0.5", SQUID_USER, PROXY_PASSWORD))
-        yield Proxies(*started, black_hole=hole)
+        socks, socks_auth, tiny, squid = started
+        yield Proxies(socks, socks_auth, tiny, squid, black_hole=hole)
     finally:
         for proxy in started:
             proxy.stop()
