@@ -104,6 +104,7 @@ class TlsEndpoint:
         self.context.load_cert_chain(cert, key)
         self.context.set_alpn_protocols(["http/1.1"])
         self.visits: list[Visit] = []
+        self._closing = False
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._listener.getsockname()[1])
         self.url = f"https://127.0.0.1:{self.port}"
@@ -111,15 +112,20 @@ class TlsEndpoint:
         self._thread.start()
 
     def close(self) -> None:
-        self._listener.close()
+        self._closing = True
+        socket.create_connection(("127.0.0.1", self.port), timeout=5).close()  # wakes accept()
         self._thread.join(5)
+        self._listener.close()
 
     def _serve(self) -> None:
         while True:
             try:
                 connection, _ = self._listener.accept()
             except OSError:
-                return  # closed
+                return
+            if self._closing:
+                connection.close()
+                return
             with connection:
                 connection.settimeout(10)
                 try:

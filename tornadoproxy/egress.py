@@ -74,8 +74,8 @@ class EgressProxy:
             # An empty PROXY also stops libcurl from reading http_proxy / ALL_PROXY from the environment.
             return (
                 (pycurl.PROXY, ""),
-                (pycurl.PROXYUSERNAME, ""),
-                (pycurl.PROXYPASSWORD, ""),
+                (pycurl.PROXYUSERNAME, None),
+                (pycurl.PROXYPASSWORD, None),
                 (pycurl.HTTPPROXYTUNNEL, 0),
             )
         host = f"[{self.host}]" if ":" in self.host else self.host
