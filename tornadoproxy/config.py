@@ -221,7 +221,7 @@ class EgressConfig:
     cooldown: float = option(
         30.0,
         "seconds a proxy that failed (refused, timed out, rejected the credentials, could not reach the "
-        "upstream, or got a challenge page) is skipped while another proxy of the list is up",
+        "upstream, or was marked for a challenge page) is skipped while another proxy of its list is up",
         _between(0.1, 86400),
     )
 
