@@ -474,7 +474,7 @@ class Fetcher:
         if error.code != "egress_proxy_error" or not exchange.received_nothing:
             return False
         exchange.failed_attempts.append((exchange.proxy, error))
-        if len(exchange.failed_attempts) >= MAX_ATTEMPTS or self.config.connect_timeout <= 0:
+        if len(exchange.failed_attempts) >= MAX_ATTEMPTS:
             return False
         tried = [proxy for proxy, _ in exchange.failed_attempts]
         proxy = self.egress.choose(exchange.route.name, tried)
