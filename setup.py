@@ -23,6 +23,7 @@ setup(
             "pytest-timeout>=2.3",
             "openai>=1.40",
             "hypothesis>=6.100",
+            "brotli>=1.1",  # to send br bodies from the simulator (decoding is libcurl's)
             "ruff>=0.6",
             "mypy>=1.10",
             "types-PyYAML",

@@ -74,10 +74,14 @@ def make_gateway(simulator: Simulator, log_dir: Path) -> Iterator[Callable[..., 
     started: list[Gateway] = []
 
     def start(
-        extra: dict[str, Any] | None = None, env: dict[str, str] | None = None, ready: bool = True
+        extra: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        wrapper: list[str] | None = None,
+        ready: bool = True,
     ) -> Gateway:
-        """A gateway with `extra` config; with `ready`, start-up probes are over and cleared."""
-        gw = Gateway(deep_merge(base_config(simulator), extra or {}), log_dir, env)
+        """A gateway with `extra` config (run under `wrapper`, e.g. a namespace); with `ready`, its
+        start-up probes are over and cleared from the journal."""
+        gw = Gateway(deep_merge(base_config(simulator), extra or {}), log_dir, env, wrapper)
         started.append(gw)
         if ready:
             gw.wait_ready()

@@ -210,7 +210,14 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 class Gateway:
     """A tornadoproxy process on a free port, with its log captured to a file."""
 
-    def __init__(self, config: dict[str, Any], log_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        wrapper: list[str] | None = None,
+    ) -> None:
+        """`wrapper` prefixes the command (it must exec the gateway, keeping its PID)."""
         self.port = free_port()
         self.config = deep_merge(config, {"server": {"host": "127.0.0.1", "port": self.port}})
         handle, path = tempfile.mkstemp(prefix="gateway-", suffix=".yaml", dir=log_dir)
@@ -224,7 +231,7 @@ class Gateway:
         }
         environment.update(env or {})
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tornadoproxy", "--config", str(self.config_path)],
+            [*(wrapper or []), sys.executable, "-m", "tornadoproxy", "--config", str(self.config_path)],
             cwd=ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -31,6 +31,8 @@ LAYERS: dict[str, float] = {
     "pages": 1,
     "limits": 1,
     "metrics": 2,
+    "curl_errors": 2,
+    "egress_pool": 2,
     "fetcher": 2,
     "logs": 2,
     "tokenstore": 2,
@@ -40,13 +42,21 @@ LAYERS: dict[str, float] = {
     "services": 3.5,  # gathers the layer-3 components for the handlers
     "handlers": 4,
     "app": 5,
+    "wiring": 5,
     "listener": 5,
     "runtime": 5,
     "server": 6,
     "__main__": 7,
 }
-# STYLE.md: the fetcher (and the token store) may take Metrics in their constructors.
-SAME_LAYER_ALLOWED = {("fetcher", "metrics"), ("tokenstore", "metrics")}
+# STYLE.md: the fetcher (and the token store) may take Metrics in their constructors; the fetcher's
+# egress pools and error table are split out of it (one concern each) and used by it alone.
+SAME_LAYER_ALLOWED = {
+    ("fetcher", "metrics"),
+    ("fetcher", "egress_pool"),
+    ("fetcher", "curl_errors"),
+    ("egress_pool", "metrics"),
+    ("tokenstore", "metrics"),
+}
 FORBIDDEN_THIRD_PARTY: dict[float, set[str]] = {
     4: {"pycurl", "yaml", "cachetools"},
 }

@@ -7,15 +7,17 @@ the only YAML reader and reads the environment only through the mapping it is gi
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import ipaddress
+import os
 import re
 import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
@@ -30,11 +32,15 @@ class ConfigError(Exception):
 Check = Callable[[Any], "str | None"]
 
 
-def option(default: Any, help: str, check: Check | None = None) -> Any:
-    """Declare one option: its default, its help text (the docs) and an optional value check."""
+def option(default: Any, help: str, check: Check | None = None, secret: bool = False) -> Any:
+    """Declare one option: its default, its help text (the docs) and an optional value check.
+    A `secret` option's value is never echoed in a ConfigError (proxy URLs carry passwords)."""
     if isinstance(default, (list, dict)):
         raise TypeError("use tuples or default factories for mutable defaults")
-    return field(default=default, metadata={"help": help, "check": check})
+    metadata = {"help": help, "check": check, "secret": secret}
+    if isinstance(default, types.MappingProxyType):  # read-only, but unhashable: dataclasses want a factory
+        return field(default_factory=lambda: default, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def section(cls: type, help: str) -> Any:
@@ -65,19 +71,68 @@ def _http_url(value: str) -> str | None:
     return None
 
 
+_ENCODE_HINT = "percent-encode @ : % / ? # in the user name and password"
+_BAD_ESCAPE = re.compile(r"%(?![0-9a-fA-F]{2})")
+
+
 def proxy_url_problem(value: str) -> str | None:
-    """Why `value` is not an egress proxy URL (or "direct" / empty), or None when it is one."""
+    """Why `value` is not an egress proxy URL (or "direct" / empty), or None when it is one.
+
+    The messages never quote the URL: it may carry a password."""
     if value in ("", "direct"):
         return None
+    if any(ord(char) < 33 or ord(char) == 127 for char in value):
+        return "must not contain spaces or control characters"
     try:
         parts = urlsplit(value)
         port = parts.port
     except ValueError:
-        return "is not a valid proxy URL (a port outside 1-65535 or a malformed address)"
+        return f"is not a valid proxy URL (a port outside 1-65535 or a malformed address; {_ENCODE_HINT})"
     if parts.scheme not in PROXY_SCHEMES:
         return "must use one of the schemes " + ", ".join(PROXY_SCHEMES) + ' (or be "direct")'
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return f"must be scheme://[user:password@]host:port and nothing more ({_ENCODE_HINT})"
     if not parts.hostname or port is None:
         return "must name a host and a port, e.g. socks5h://127.0.0.1:1080"
+    if "@" in parts.netloc:
+        return _credentials_problem(parts.netloc.rpartition("@")[0], parts.scheme)
+    return None
+
+
+def _credentials_problem(userinfo: str, scheme: str) -> str | None:
+    if _BAD_ESCAPE.search(userinfo):
+        return f"has a malformed %-escape in its credentials (write % as %25; {_ENCODE_HINT})"
+    username, _, password = userinfo.partition(":")
+    username, password = unquote(username), unquote(password)
+    if not username:
+        return "names a password but no user name"
+    if any(ord(char) < 32 or ord(char) == 127 for char in username + password):
+        return "has control characters in its credentials"
+    if scheme in ("http", "https") and ":" in username:
+        return "has a ':' in its user name, which HTTP Basic proxy authentication cannot carry"
+    if scheme.startswith("socks5") and max(len(username.encode()), len(password.encode())) > 255:
+        return "has a user name or password over 255 bytes, the SOCKS5 limit"
+    return None
+
+
+def proxy_list_problem(value: str | tuple[str, ...]) -> str | None:
+    """Check an egress setting: one proxy URL, "direct", "" (the default) or a list of URLs."""
+    if isinstance(value, str):
+        return proxy_url_problem(value)
+    if not value:
+        return 'must not be an empty list (use "" for the default route or "direct" for none)'
+    seen = set()
+    for index, url in enumerate(value):
+        if url in ("", "direct"):
+            return f'entry {index}: a list holds proxy URLs only ("" and "direct" stand alone)'
+        problem = proxy_url_problem(url)
+        if problem is not None:
+            return f"entry {index} {problem}"
+        parts = urlsplit(url)
+        where = (parts.scheme, parts.hostname, parts.port)
+        if where in seen:
+            return f"entry {index} repeats a proxy already listed (same scheme, host and port)"
+        seen.add(where)
     return None
 
 
@@ -102,6 +157,12 @@ def _key_digests(value: tuple[str, ...]) -> str | None:
 
 def _header_name(value: str) -> str | None:
     return None if re.fullmatch(r"[A-Za-z0-9-]+", value) else "must be an HTTP header name"
+
+
+def _readable_file(value: str) -> str | None:
+    if value and not (os.path.isfile(value) and os.access(value, os.R_OK)):
+        return "must be a readable file"
+    return None
 
 
 def _log_level(value: str) -> str | None:
@@ -176,14 +237,94 @@ class UpstreamsConfig:
         return {spec.name: getattr(self, spec.name) for spec in dataclasses.fields(self)}
 
 
+ProxySetting = str | tuple[str, ...]
+
+
+def _override(upstream: str) -> Any:
+    return option(
+        "",
+        f"proxy (or list of proxies, tried in order) for the {upstream}; empty: egress.proxy; "
+        "'direct': no proxy",
+        proxy_list_problem,
+        secret=True,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class EgressConfig:
-    proxy: str = option(
+    proxy: ProxySetting = option(
         "",
-        "proxy for every outbound request: http://, https://, socks5:// or socks5h:// with "
-        "optional user:pass@; empty or 'direct' for none (env GO_CHATGPT_API_PROXY or PROXY wins)",
-        proxy_url_problem,
+        "proxy for every outbound request: http://, https://, socks5:// (names resolved here) or "
+        "socks5h:// (names resolved by the proxy) with optional user:pass@ (percent-encoded), or a "
+        "list of them tried in order; empty or 'direct' for none (env GO_CHATGPT_API_PROXY or PROXY wins)",
+        proxy_list_problem,
+        secret=True,
     )
+    chatgpt: ProxySetting = _override("ChatGPT backend (upstreams.chatgpt)")
+    auth: ProxySetting = _override("login hosts (upstreams.auth and upstreams.platform_web)")
+    platform: ProxySetting = _override("Platform API (upstreams.platform)")
+    cooldown: float = option(
+        30.0,
+        "seconds a proxy that failed (refused, timed out, rejected the credentials, could not reach the "
+        "upstream, or was marked for a challenge page) is skipped while another proxy of its list is up",
+        _between(0.1, 86400),
+    )
+
+
+_PROFILE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,39}$")
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def _profile_name(value: str) -> str | None:
+    if value and not _PROFILE_NAME.match(value):
+        return "must be a profile name (lower-case letters, digits, '_', '-', '.')"
+    return None
+
+
+def _header_lines(value: tuple[str, ...]) -> str | None:
+    seen = set()
+    for index, line in enumerate(value):
+        name, colon, rest = line.partition(":")
+        if not colon or not _TOKEN.match(name):
+            return f"entry {index} must be 'Name: value', or 'Name:' for a slot a request header fills"
+        if any(ord(char) < 32 and char != "\t" or ord(char) == 127 for char in rest):
+            return f"entry {index} has a control character in its value"
+        try:
+            rest.encode("latin-1")
+        except UnicodeEncodeError:
+            return f"entry {index} has a character outside Latin-1 in its value"
+        if name.lower() in seen:
+            return f"entry {index} names {name} a second time"
+        seen.add(name.lower())
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class CustomProfileConfig:
+    """One operator-defined client profile; an unset field is taken from `base`."""
+
+    base: str = option("", "profile this one starts from (built-in or custom); empty: none", _profile_name)
+    headers: tuple[str, ...] | None = option(
+        None,
+        "header lines in the order sent, 'Name: value', or 'Name:' for a slot that a request header "
+        "(Authorization, Content-Type...) fills; replaces the base profile's list",
+        _header_lines,
+    )
+    http_version: Literal["1.1", "2"] | None = option(None, "HTTP version: '1.1' or '2' (over TLS)")
+    ciphers: str | None = option(None, "OpenSSL cipher list for TLS 1.2 (order kept); empty: OpenSSL's")
+    tls13_ciphers: str | None = option(None, "TLS 1.3 cipher suites in order; empty: OpenSSL's")
+    curves: str | None = option(None, "supported groups (key exchange) in order; empty: OpenSSL's")
+    signature_algorithms: str | None = option(None, "signature algorithms in order; empty: OpenSSL's")
+    alpn: bool | None = option(None, "send ALPN (h2 and/or http/1.1 by http_version)")
+    min_tls: Literal["1.2", "1.3"] | None = option(None, "lowest TLS version offered: '1.2' or '1.3'")
+
+
+def _custom_profile_names(value: Mapping[str, CustomProfileConfig]) -> str | None:
+    for name in value:
+        problem = _profile_name(name)
+        if problem:
+            return f"{name!r} {problem}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +332,12 @@ class ProfilesConfig:
     chatgpt: str = option("chrome", "client profile for the ChatGPT backend (chrome, firefox, okhttp, plain)")
     auth: str = option("chrome", "client profile for the login flows (auth and platform web hosts)")
     platform: str = option("plain", "client profile for the Platform API")
+    custom: Mapping[str, CustomProfileConfig] = option(
+        types.MappingProxyType({}),
+        "your own profiles by name: base, headers, http_version, ciphers, tls13_ciphers, curves, "
+        "signature_algorithms, alpn, min_tls (see the README); a name of a built-in profile replaces it",
+        _custom_profile_names,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +364,13 @@ class FetchConfig:
         "a non-streaming upstream body up to this many bytes is sent with Content-Length; "
         "larger ones are relayed as they arrive",
         _between(1024, 1024 * MIB),
+    )
+    ca_file: str = option(
+        "",
+        "PEM file of the CAs trusted for upstream (and https:// proxy) TLS instead of the system "
+        "bundle, e.g. a corporate CA; empty: the system bundle (/etc/ssl/certs/ca-certificates.crt "
+        "on Debian)",
+        _readable_file,
     )
 
 
@@ -315,6 +469,11 @@ class TokensConfig:
 
 @dataclass(frozen=True, slots=True)
 class ReadinessConfig:
+    enabled: bool = option(
+        True,
+        "probe the upstreams for /readyz; false sends nothing upstream on its own (/readyz then "
+        "reports every upstream as disabled)",
+    )
     interval: float = option(
         60.0,
         "seconds between upstream probes reported by /readyz (the first runs at start-up); 0 probes "
@@ -418,7 +577,8 @@ def build(cls: type, data: Any, path: str) -> Any:
         check = spec.metadata.get("check")
         problem = check(value) if check is not None else None
         if problem:
-            raise ConfigError(f"{key_path}: {problem}, got {_show(data[name])}")
+            shown = "" if spec.metadata.get("secret") else f", got {_show(data[name])}"
+            raise ConfigError(f"{key_path}: {problem}{shown}")
         values[name] = value
     return cls(**values)
 
@@ -431,12 +591,14 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
         return _convert_union(typing.get_args(hint), value, path)
     if origin is Literal:
         choices = typing.get_args(hint)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and str(value) in choices:
+            return str(value)  # YAML reads an unquoted 1.1 or 2 as a number
         if value not in choices:
             raise ConfigError(f"{path}: must be one of {', '.join(map(str, choices))}, got {_show(value)}")
         return value
     if origin is tuple:
         return _convert_tuple(typing.get_args(hint)[0], value, path)
-    if origin is dict:
+    if origin in (dict, Mapping, collections.abc.Mapping):
         return _convert_mapping(typing.get_args(hint)[1], value, path)
     return _convert_scalar(hint, value, path)
 
@@ -451,8 +613,31 @@ def _convert_union(choices: tuple[Any, ...], value: Any, path: str) -> Any:
         try:
             return _convert(choice, value, path)
         except ConfigError as exc:
+            if _shape_of(choice) == _shape_of(type(value)):
+                raise  # the value has this choice's shape: its own error says the most
             errors.append(str(exc))
+    if len(errors) > 1:
+        kinds = " or ".join(_describe_shape(choice) for choice in choices if choice is not type(None))
+        raise ConfigError(f"{path}: must be {kinds}, got {_show(value)}")
     raise ConfigError(errors[-1] if errors else f"{path}: unexpected value")
+
+
+def _shape_of(hint: Any) -> str:
+    origin = typing.get_origin(hint) or hint
+    if origin in (tuple, list):
+        return "list"
+    if origin in (dict, Mapping) or (isinstance(origin, type) and dataclasses.is_dataclass(origin)):
+        return "mapping"
+    return "scalar"
+
+
+def _describe_shape(hint: Any) -> str:
+    shape = _shape_of(hint)
+    if shape == "scalar":
+        return {str: "a string", bool: "true or false", int: "an integer", float: "a number"}.get(
+            hint, "one value"
+        )
+    return "a list" if shape == "list" else "a mapping"
 
 
 def _convert_tuple(item: Any, value: Any, path: str) -> tuple[Any, ...]:

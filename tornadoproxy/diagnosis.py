@@ -21,8 +21,20 @@ from tornadoproxy.errors import UpstreamError
 HEAD_BYTES = 64 * 1024
 
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.I | re.S)
-_CHALLENGE_MARKERS = (b"/cdn-cgi/challenge-platform/", b"cf-chl-", b"challenges.cloudflare.com")
-_BLOCK_MARKERS = (b"error code 1020", b"error code: 1020", b"access denied", b"attention required!")
+_CHALLENGE_MARKERS = (
+    b"/cdn-cgi/challenge-platform/",
+    b"cf-chl-",
+    b"_cf_chl_opt",
+    b"challenges.cloudflare.com",
+)
+_BLOCK_MARKERS = (
+    b"error code 1020",
+    b"error code: 1020",
+    b"error 1020",
+    b"access denied",
+    b"attention required!",
+    b"you have been blocked",
+)
 _REGION_MARKERS = (b"not available in your country", b"unsupported_country", b"not supported in your region")
 _REGION_CODES = ("unsupported_country", "unsupported_country_region_territory")
 
@@ -77,15 +89,31 @@ def _looks_like_html(body: bytes) -> bool:
     return start.startswith((b"<!doctype html", b"<html", b"<head", b"<!--"))
 
 
-def _diagnose_page(upstream: str, status: int, page: bytes) -> UpstreamError | None:
-    lowered = page.lower()
-    title_match = _TITLE.search(page)
-    title = title_match.group(1).strip().lower() if title_match else b""
+def page_kind(headers: Sequence[tuple[str, str]], page: bytes) -> str | None:
+    """ "challenge", "region" or "blocked" for such a page (or a `cf-mitigated` header), else None.
+
+    Shared by the relays (below) and the login steps, whose ordinary answers are HTML pages too."""
+    if any(name.lower() == "cf-mitigated" and value.lower() == "challenge" for name, value in headers):
+        return "challenge"
+    lowered = page[:HEAD_BYTES].lower()
+    title_match = _TITLE.search(lowered)
+    title = title_match.group(1).strip() if title_match else b""
     if title.startswith(b"just a moment") or any(marker in lowered for marker in _CHALLENGE_MARKERS):
-        return challenge(upstream, status)
+        return "challenge"
     if any(marker in lowered for marker in _REGION_MARKERS):
-        return blocked(upstream, status, "it does not serve the egress IP's country or region")
+        return "region"
     if any(marker in lowered for marker in _BLOCK_MARKERS):
+        return "blocked"
+    return None
+
+
+def _diagnose_page(upstream: str, status: int, page: bytes) -> UpstreamError | None:
+    kind = page_kind((), page)
+    if kind == "challenge":
+        return challenge(upstream, status)
+    if kind == "region":
+        return blocked(upstream, status, "it does not serve the egress IP's country or region")
+    if kind == "blocked":
         return blocked(
             upstream, status, 'Cloudflare denied access to the egress IP (an "Access denied" page)'
         )

@@ -3,7 +3,7 @@
 `EgressProxy.curl_options()` returns the complete list of proxy options for a curl handle, resets
 included, so that a reused handle never keeps the previous request's proxy (shared/PITFALLS.md).
 Credentials go to PROXYUSERNAME / PROXYPASSWORD, never into the PROXY URL, because libcurl echoes a
-URL it cannot parse in its error text.
+URL it cannot parse in its error text. Health and failover live in egress_pool.py.
 """
 
 from __future__ import annotations
@@ -74,16 +74,18 @@ class EgressProxy:
             # An empty PROXY also stops libcurl from reading http_proxy / ALL_PROXY from the environment.
             return (
                 (pycurl.PROXY, ""),
-                (pycurl.PROXYUSERNAME, ""),
-                (pycurl.PROXYPASSWORD, ""),
+                (pycurl.PROXYUSERNAME, None),
+                (pycurl.PROXYPASSWORD, None),
                 (pycurl.HTTPPROXYTUNNEL, 0),
             )
         host = f"[{self.host}]" if ":" in self.host else self.host
         return (
             (pycurl.PROXY, f"{host}:{self.port}"),
             (pycurl.PROXYTYPE, _PROXY_TYPES[self.scheme]),
-            (pycurl.PROXYUSERNAME, self.username.reveal() if self.username else ""),
-            (pycurl.PROXYPASSWORD, self.password.reveal() if self.password else ""),
+            # None (not ""): with an empty user name libcurl would still offer SOCKS5 user/password
+            # authentication, and a proxy that needs credentials would say "rejected", not "missing".
+            (pycurl.PROXYUSERNAME, self.username.reveal() if self.username is not None else None),
+            (pycurl.PROXYPASSWORD, self.password.reveal() if self.password is not None else None),
             (pycurl.PROXYAUTH, pycurl.HTTPAUTH_BASIC),
             (pycurl.NOPROXY, ""),
             # Always CONNECT through HTTP proxies, also to http:// upstreams, so a proxy never sees
@@ -94,6 +96,23 @@ class EgressProxy:
 
 
 DIRECT = EgressProxy("direct")
+
+
+def parse_proxies(setting: str | tuple[str, ...]) -> tuple[EgressProxy, ...]:
+    """An egress setting (validated by config.proxy_list_problem) as the proxies to try, in order;
+    `(DIRECT,)` when there is none."""
+    urls = (setting,) if isinstance(setting, str) else setting
+    return tuple(EgressProxy.parse(url) for url in urls) or (DIRECT,)
+
+
+def proxy_secrets(proxies: tuple[EgressProxy, ...]) -> set[str]:
+    """The user names and passwords of `proxies`, for the log redaction filter."""
+    found = set()
+    for proxy in proxies:
+        for secret in (proxy.username, proxy.password):
+            if secret is not None and secret.reveal():
+                found.add(secret.reveal())
+    return found
 
 
 def masked_url(url: str) -> str:

@@ -96,9 +96,11 @@ class UpstreamError(GatewayError):
         status: int | None = None,
         code: str | None = None,
         retry_after: int | None = None,
+        detail: str = "",
     ) -> None:
         super().__init__(message, status=status, code=code, retry_after=retry_after)
         self.kind = kind
+        self.detail = detail or message  # what happened, without the "the X upstream ..." frame
 
 
 def upstream_unreachable(message: str, kind: str = "unreachable") -> UpstreamError:
@@ -109,8 +111,8 @@ def upstream_timeout(message: str) -> UpstreamError:
     return UpstreamError(message, kind="timeout", status=504, code="upstream_timeout")
 
 
-def egress_proxy_error(message: str, kind: str) -> UpstreamError:
-    return UpstreamError(message, kind=kind, status=502, code="egress_proxy_error")
+def egress_proxy_error(message: str, kind: str, detail: str = "") -> UpstreamError:
+    return UpstreamError(message, kind=kind, status=502, code="egress_proxy_error", detail=detail)
 
 
 class LoginError(GatewayError):

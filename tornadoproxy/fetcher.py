@@ -3,8 +3,10 @@
 `Fetcher.open()` starts a request and returns an `Exchange` whose status and headers arrive before
 its body, which is then read chunk by chunk as libcurl receives it, so streams are never buffered.
 This is the only module that calls `setopt` and the only one that knows curl error numbers; it
-turns them into `UpstreamError`s. Every option the gateway owns is set on every request, because
-tornado reuses curl handles (shared/PITFALLS.md).
+turns them into `UpstreamError`s (with the table in curl_errors.py). Every option the gateway owns is set
+on every request, because tornado reuses curl handles (shared/PITFALLS.md). A request whose egress
+proxy fails before the tunnel to the upstream is open is sent again through the next proxy of its
+upstream (egress_pool.py): the upstream never saw it, so the client never notices.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +26,9 @@ from tornado.httpclient import HTTPRequest, HTTPResponse
 from tornado.ioloop import IOLoop
 
 from tornadoproxy.config import FetchConfig
+from tornadoproxy.curl_errors import CurlFailure, classify_failure
 from tornadoproxy.egress import EgressProxy
+from tornadoproxy.egress_pool import EgressPools
 from tornadoproxy.errors import GatewayBusy, UpstreamError, egress_proxy_error, upstream_timeout
 from tornadoproxy.metrics import Metrics
 from tornadoproxy.profiles import ClientProfile
@@ -36,6 +41,8 @@ _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 # Buffered fetches (logins, probes) never hold more than this.
 _MAX_BUFFERED = 16 * 1024 * 1024
+# One request goes through at most this many egress proxies (the first try and two failovers).
+MAX_ATTEMPTS = 3
 # Curl handles beyond the gate's capacity, for the gateway's own requests (readiness probes): they
 # never take a client's slot, and a full gate does not blind the probes.
 _RESERVED_HANDLES = 8
@@ -43,15 +50,13 @@ _RESERVED_HANDLES = 8
 
 @dataclass(frozen=True, slots=True)
 class UpstreamRoute:
-    """How requests to one upstream leave the host: its origin, egress proxy and client profile."""
+    """How requests to one upstream leave the host: its origin, egress proxies (tried in order;
+    `(DIRECT,)` for none) and client profile."""
 
     name: str
     origin: str
-    proxy: EgressProxy
+    proxies: tuple[EgressProxy, ...]
     profile: ClientProfile
-
-    def curl_options(self) -> tuple[tuple[int, Any], ...]:
-        return self.proxy.curl_options() + self.profile.curl_options()
 
 
 class CookieJar:
@@ -137,10 +142,19 @@ class Gate:
 class Exchange:
     """One upstream request in flight: status and headers first, then the body as it arrives."""
 
-    def __init__(self, fetcher: Fetcher, request: UpstreamRequest, route: UpstreamRoute, gated: bool) -> None:
+    def __init__(
+        self,
+        fetcher: Fetcher,
+        request: UpstreamRequest,
+        route: UpstreamRoute,
+        proxy: EgressProxy,
+        gated: bool,
+    ) -> None:
         self.request = request
         self.route = route
         self.gated = gated
+        self.proxy = proxy  # the egress proxy of the current attempt
+        self.failed_attempts: list[tuple[EgressProxy, UpstreamError]] = []
         self.status = 0
         self.reason = ""
         self.headers: list[tuple[str, str]] = []
@@ -256,6 +270,7 @@ class Exchange:
         elif line == "\r\n" or line == "\n":
             if self.status >= 200 and not self.headers_complete:
                 self.headers_complete = True
+                self._fetcher.egress.mark_ok(self.route.name, self.proxy)
                 self._fetcher.metrics.observe_first_byte(self.route.name, time.monotonic() - self.started_at)
                 self._wake()
         else:
@@ -291,24 +306,63 @@ class Exchange:
                 pass  # the transfer failed while paused; on_finished reports it
 
     def on_finished(self, response: HTTPResponse) -> None:
+        # A non-2xx answer is data: only a CurlError (code 599) is a transport failure.
+        failed = isinstance(response.error, CurlError)
+        failure = _failure_of(response.error, self._curl) if failed else None
         self._curl = None  # tornado resets and reuses the handle from now on
         self._paused = False
+        if failure is not None and self.aborted_reason is None:
+            error = self._fetcher.classify(self, failure)
+            if self._fetcher.retry(self, error):
+                return  # the same request is on its way through the next proxy
+            self.error = self._fetcher.give_up(self, error)
         self.finished = True
         self._fetcher.release(self)
-        # A non-2xx answer is data: only a CurlError (code 599) is a transport failure.
-        if isinstance(response.error, CurlError) and self.aborted_reason is None:
-            self.error = self._fetcher.classify(self, response.error)
         self._wake()
+
+    def next_attempt(self, proxy: EgressProxy) -> None:
+        """Forget the failed attempt (it sent nothing to the upstream) and go through `proxy`."""
+        self.proxy = proxy
+        self.status = 0
+        self.reason = ""
+        self.headers = []
+        self._last_activity = time.monotonic()
+
+    @property
+    def received_nothing(self) -> bool:
+        return not self.headers_complete and not self._chunks
+
+
+def _failure_of(error: BaseException | None, curl: pycurl.Curl | None) -> CurlFailure:
+    """What libcurl said about a failed transfer, read before tornado resets the handle."""
+    errno = error.errno if isinstance(error, CurlError) else 0
+    message = str(error.message if isinstance(error, CurlError) else error)
+    connect_code = proxy_code = 0
+    if curl is not None:
+        try:
+            connect_code = int(curl.getinfo(pycurl.HTTP_CONNECTCODE))
+            proxy_code = int(curl.getinfo(pycurl.PROXY_ERROR))
+        except pycurl.error:
+            pass
+    return CurlFailure(errno, message or "", connect_code, proxy_code)
 
 
 class Fetcher:
     """The process's upstream client; built once at start-up by the composition root."""
 
-    def __init__(self, config: FetchConfig, routes: Mapping[str, UpstreamRoute], metrics: Metrics) -> None:
-        self.config = config
+    def __init__(
+        self,
+        config: FetchConfig,
+        routes: Mapping[str, UpstreamRoute],
+        metrics: Metrics,
+        egress: EgressPools,
+    ) -> None:
         self.metrics = metrics
-        self._routes = dict(routes)
-        self._route_options = {name: route.curl_options() for name, route in routes.items()}
+        self.egress = egress
+        self._proxy_options = {
+            proxy: proxy.curl_options() for route in routes.values() for proxy in route.proxies
+        }
+        self.reconfigure(config, routes)
         # force_instance: never the shared per-IOLoop singleton, whose max_clients is fixed at 10.
         self._client = CurlAsyncHTTPClient(
             force_instance=True, max_clients=config.max_clients + _RESERVED_HANDLES, max_body_size=1 << 62
@@ -317,12 +371,14 @@ class Fetcher:
         self._open: set[Exchange] = set()
 
     def reconfigure(self, config: FetchConfig, routes: Mapping[str, UpstreamRoute]) -> None:
-        """New timeouts, gate wait and routes for requests started from now on (the curl client's
-        size is fixed at start-up)."""
+        """New timeouts, gate wait, profiles and trust for requests started from now on. The curl
+        client's size and the egress proxies (their health is tracked) are fixed at start-up."""
         self.config = config
         self._routes = dict(routes)
-        self._route_options = {name: route.curl_options() for name, route in routes.items()}
-        self._gate.wait = config.queue_timeout
+        self._profile_options = {name: route.profile.curl_options() for name, route in routes.items()}
+        self._trust_options = _trust_options(config.ca_file)
+        if hasattr(self, "_gate"):
+            self._gate.wait = config.queue_timeout
 
     @property
     def in_flight(self) -> int:
@@ -337,9 +393,20 @@ class Fetcher:
         route = self._routes[request.upstream]
         if gated:
             await self._gate.acquire()
-        exchange = Exchange(self, request, route, gated)
+        proxy = self.egress.choose(route.name)
+        assert proxy is not None  # a first attempt always gets a proxy
+        exchange = Exchange(self, request, route, proxy, gated)
         self._open.add(exchange)
-        options = self._route_options[request.upstream]
+        self._start(exchange)
+        exchange.arm_idle_timer(self.config.idle_timeout)
+        return exchange
+
+    def _start(self, exchange: Exchange) -> None:
+        """Hand the exchange's request to libcurl through its current proxy."""
+        request, route = exchange.request, exchange.route
+        options = (
+            self._proxy_options[exchange.proxy] + self._profile_options[route.name] + self._trust_options
+        )
         header_lines = route.profile.header_lines(request.headers, route.origin)
         idle = self.config.idle_timeout
         cookies = request.cookies
@@ -390,8 +457,6 @@ class Fetcher:
         # fetch_impl is the client's documented implementation hook; calling it directly gives us
         # the raw HTTPResponse (with curl's errno) and spares a Future per request.
         self._client.fetch_impl(http_request, exchange.on_finished)
-        exchange.arm_idle_timer(self.config.idle_timeout)
-        return exchange
 
     async def fetch(self, request: UpstreamRequest, gated: bool = True) -> tuple[Exchange, bytes]:
         """Send `request` and read its whole (bounded) body: for logins and probes, not relays."""
@@ -422,85 +487,106 @@ class Fetcher:
         for exchange in list(self._open):
             exchange.abort(reason)
 
-    def classify(self, exchange: Exchange, error: BaseException) -> UpstreamError:
-        """Translate a transport failure into the gateway error a client sees (and count it)."""
-        failure = _classify(exchange, error, self.config.idle_timeout)
-        self.metrics.count_upstream_error(exchange.route.name, failure.kind)
-        log.warning("upstream %s failed: %s (%s)", exchange.route.name, failure.code, failure.kind)
-        return failure
+    def classify(self, exchange: Exchange, failure: CurlFailure) -> UpstreamError:
+        """Translate a transport failure into a gateway error; an egress proxy failure takes the
+        proxy out of rotation for its cool-down."""
+        name, proxy = exchange.route.name, exchange.proxy
+        error = classify_failure(
+            failure,
+            upstream=name,
+            url=exchange.request.url,
+            proxy=proxy,
+            headers_complete=exchange.headers_complete,
+            connect_timeout=self.config.connect_timeout,
+            idle_timeout=self.config.idle_timeout,
+        )
+        if error.code == "egress_proxy_error":
+            self.egress.mark_failed(name, proxy, error.kind)
+            log.warning("egress proxy %s failed for the %s upstream (%s)", proxy.label, name, error.kind)
+        return error
+
+    def retry(self, exchange: Exchange, error: UpstreamError) -> bool:
+        """Send the request again through the next proxy that is up, if the failure happened before
+        the tunnel to the upstream opened (so the upstream never saw it); True if it was sent."""
+        if error.code != "egress_proxy_error" or not exchange.received_nothing:
+            return False
+        exchange.failed_attempts.append((exchange.proxy, error))
+        if len(exchange.failed_attempts) >= MAX_ATTEMPTS:
+            return False
+        tried = [proxy for proxy, _ in exchange.failed_attempts]
+        proxy = self.egress.choose(exchange.route.name, tried)
+        if proxy is None:
+            return False
+        log.info("retrying a %s request through the egress proxy %s", exchange.route.name, proxy.label)
+        exchange.next_attempt(proxy)
+        self._start(exchange)
+        return True
+
+    def give_up(self, exchange: Exchange, error: UpstreamError) -> UpstreamError:
+        """The error the client sees once no attempt is left; counted and logged once."""
+        name = exchange.route.name
+        if exchange.failed_attempts and error.code == "egress_proxy_error":
+            error = _all_proxies_failed(
+                name,
+                exchange.failed_attempts,
+                self.egress.cooling_report(name, skip=[proxy for proxy, _ in exchange.failed_attempts]),
+            )
+        self.metrics.count_upstream_error(name, error.kind)
+        log.warning("upstream %s failed: %s (%s)", name, error.code, error.kind)
+        return error
 
     def close(self) -> None:
         self._client.close()
 
 
-# curl errno -> (kind, what happened) for failures on the way to the upstream itself.
-_DIRECT_FAILURES = {
-    6: ("dns", "its host name could not be resolved"),
-    7: ("unreachable", "the connection was refused"),
-    18: ("reset", "it closed the connection before the body was complete"),
-    35: ("tls", "the TLS handshake failed"),
-    52: ("reset", "it closed the connection without answering"),
-    55: ("reset", "sending the request failed (connection reset)"),
-    56: ("reset", "the connection was reset"),
-    60: ("tls", "its TLS certificate was not trusted"),
-    16: ("protocol", "an HTTP/2 framing error occurred"),
-    92: ("protocol", "an HTTP/2 stream error occurred"),
-    8: ("protocol", "it sent a malformed response"),
-    1: ("protocol", "it answered with an unsupported protocol"),
-    59: ("tls", "libcurl rejected the client profile's cipher or curve list"),
-}
+def _all_proxies_failed(
+    upstream: str, attempts: Sequence[tuple[EgressProxy, UpstreamError]], cooling: Sequence[str]
+) -> UpstreamError:
+    """One error naming every proxy tried for this request (and those cooling down) and how each failed."""
+    if len(attempts) == 1 and not cooling:
+        return attempts[0][1]
+    phrases = [f"{proxy.label}: {error.detail} ({error.kind})" for proxy, error in attempts]
+    return egress_proxy_error(
+        f"every egress proxy for the {upstream} upstream failed: " + "; ".join(phrases + list(cooling)),
+        attempts[-1][1].kind,
+    )
 
 
-def _classify(exchange: Exchange, error: BaseException, idle_timeout: int) -> UpstreamError:
-    errno = error.errno if isinstance(error, CurlError) else 0
-    name = exchange.route.name
-    proxy = exchange.route.proxy
-    if errno == 28:
-        if exchange.headers_complete:
-            return upstream_timeout(
-                f"the {name} upstream sent nothing for {idle_timeout} s (fetch.idle_timeout)"
-            )
-        if not proxy.is_direct and _while_connecting(error):
-            return egress_proxy_error(
-                f"the egress proxy {proxy.label} did not complete the connection to the {name} "
-                "upstream within fetch.connect_timeout",
-                "proxy_timeout",
-            )
-        return upstream_timeout(f"the {name} upstream did not answer in time")
-    if not proxy.is_direct:
-        proxy_failure = _proxy_failure(errno, str(error))
-        if proxy_failure is not None:
-            kind, what = proxy_failure
-            return egress_proxy_error(f"the egress proxy {proxy.label} failed: {what}", kind)
-    kind, what = _DIRECT_FAILURES.get(errno, ("unreachable", f"the transfer failed (curl error {errno})"))
-    return UpstreamError(f"the {name} upstream could not be reached: {what}", kind=kind)
+def _trust_options(ca_file: str) -> tuple[tuple[int, Any], ...]:
+    """With fetch.ca_file, trust exactly its CAs (upstreams and https:// proxies); without, keep the
+    bundle pycurl set on the handle (it finds the system one at import and re-applies it on reset)."""
+    if not ca_file:
+        return ()
+    return (
+        (pycurl.CAINFO, ca_file),
+        (pycurl.CAPATH, None),
+        (pycurl.PROXY_CAINFO, ca_file),
+        (pycurl.PROXY_CAPATH, None),
+    )
 
 
-def _while_connecting(error: BaseException) -> bool:
-    """libcurl says "Connection timed out" for the connect phase (proxy handshake included) and
-    "Operation too slow" for the idle timeout."""
-    return "connection timed out" in str(error).lower()
+def tls_settings_problem(options: Sequence[tuple[int, Any]]) -> str | None:
+    """What libcurl (with its own OpenSSL) refuses in a profile's TLS options, or None.
 
-
-def _proxy_failure(errno: int, message: str) -> tuple[str, str] | None:
-    """Classify a failure that happened at the egress proxy, or None if it happened beyond it."""
-    lowered = message.lower()
-    if errno == 5:
-        return "proxy_dns", "its host name could not be resolved"
-    if errno == 7:
-        # With a proxy in the path, a refused connect is the proxy's; the upstream's own refusal
-        # comes back as a failed tunnel (HTTP proxies) or a SOCKS error.
-        if "tunnel failed" not in lowered:
-            return "proxy_refused", "the connection to the proxy was refused"
-        if "407" in lowered or "401" in lowered:
-            return "proxy_auth", "it rejected the proxy credentials"
-        return "proxy_error", "it refused to open a tunnel to the upstream"
-    if errno == 97:
-        if "auth" in lowered or "user" in lowered or "password" in lowered:
-            return "proxy_auth", "it rejected the proxy credentials"
-        if "resolve" in lowered or "host unreachable" in lowered or "name" in lowered:
-            return "proxy_dns", "it could not resolve or reach the upstream host"
-        return "proxy_error", "the SOCKS handshake failed"
-    if errno == 56 and "proxy" in lowered:
-        return "proxy_error", "it closed the tunnel"
+    The handle is given one end of a socket pair whose other end is closed, marked as already
+    connected: libcurl builds its TLS context (refusing a bad cipher, curve or signature algorithm
+    list at once, errno 59) and then fails to send the ClientHello. No name lookup, no network."""
+    ours, theirs = socket.socketpair()
+    theirs.close()
+    curl = pycurl.Curl()
+    try:
+        curl.setopt(pycurl.URL, "https://127.0.0.1:9/")
+        curl.setopt(pycurl.OPENSOCKETFUNCTION, lambda _purpose, _address: ours)
+        curl.setopt(pycurl.SOCKOPTFUNCTION, lambda _fd, _purpose: pycurl.SOCKOPT_ALREADY_CONNECTED)
+        curl.setopt(pycurl.NOSIGNAL, 1)
+        curl.setopt(pycurl.TIMEOUT_MS, 5000)
+        for option, value in options:
+            curl.setopt(option, value)
+        curl.perform()
+    except pycurl.error as error:
+        errno, message = error.args
+        return str(message) if errno == 59 else None
+    finally:
+        curl.close()
+        ours.close()
     return None

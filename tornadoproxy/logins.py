@@ -21,10 +21,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 from tornadoproxy.config import LoginsConfig, UpstreamsConfig
+from tornadoproxy.diagnosis import page_kind
 from tornadoproxy.errors import LoginError, UpstreamError
-from tornadoproxy.fetcher import CookieJar, Fetcher, UpstreamRequest
+from tornadoproxy.fetcher import CookieJar, Exchange, Fetcher, UpstreamRequest
 from tornadoproxy.metrics import Metrics
-from tornadoproxy.pages import diagnose_page, element_text, hidden_inputs, upstream_text
+from tornadoproxy.pages import element_text, hidden_inputs, upstream_text
 
 FAMILIES = ("chatgpt", "platform")
 _FLOW_NAMES = {"chatgpt": "ChatGPT login", "platform": "Platform login"}
@@ -266,7 +267,7 @@ class _Browser:
                 retry_after=error.retry_after,
             ) from None
         page = _Page(step, url, exchange.status, list(exchange.headers), content)
-        self._diagnose(page, upstream)
+        self._diagnose(page, upstream, exchange)
         if page.status == 429 and not tolerate:
             raise self._rate_limited(page)
         return page
@@ -350,11 +351,13 @@ class _Browser:
         # filter reads as a password=value pair.
         return f"the {self.flow} stopped at the '{step}' step: "
 
-    def _diagnose(self, page: _Page, upstream: str) -> None:
-        kind = diagnose_page(page.status, page.headers, page.body, blocked_if_html_403=page.step == "csrf")
+    def _diagnose(self, page: _Page, upstream: str, exchange: Exchange) -> None:
+        kind = login_page_kind(page)
         if kind is None:
             return
         self._logins._metrics.count_upstream_error(upstream, kind)
+        # The next login (or relay) to this host leaves through another egress proxy, if there is one.
+        self._logins._fetcher.egress.mark_failed(upstream, exchange.proxy, kind)
         what = "a Cloudflare challenge page" if kind == "challenge" else "a block page"
         raise UpstreamError(
             self._where(page.step) + f"the {upstream} upstream answered {page.status} with {what}; use "
@@ -424,3 +427,16 @@ def _origin(url: str) -> str:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+def login_page_kind(page: _Page) -> str | None:
+    """ "challenge" or "blocked" when a login step answered with such a page, else None. Login pages
+    are HTML by nature, so only Cloudflare's own pages count; at the first step (csrf), where the
+    upstream answers JSON, an HTML 403 means the egress IP is blocked (shared/spec/upstream-auth.md)."""
+    html = "html" in (page.header("Content-Type") or "").lower()
+    kind = page_kind(page.headers, page.body) if html else page_kind(page.headers, b"")
+    if kind == "region":
+        return "blocked"
+    if kind is None and html and page.step == "csrf" and page.status == 403:
+        return "blocked"
+    return kind

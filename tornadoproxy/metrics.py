@@ -34,7 +34,7 @@ UPSTREAM_ERROR_KINDS = (
     "blocked",
     "protocol",
 )
-UPSTREAM_STATES = ("pending", "reachable", "challenged", "blocked", "unreachable")
+UPSTREAM_STATES = ("pending", "reachable", "challenged", "blocked", "unreachable", "disabled")
 LOGIN_FAMILIES = ("chatgpt", "platform")
 # ok: an upstream login succeeded; cached: served from the token cache; joined: waited for the same
 # login in flight; failed: wrong credentials (upstream, or the cached entry's sealed password);
@@ -54,6 +54,16 @@ LOGIN_OUTCOMES = (
 )
 TOKEN_LOOKUP_RESULTS = ("hit", "miss", "mismatch")
 TOKEN_EVICTION_REASONS = ("expired", "unauthorized", "capacity")
+# Why an egress proxy was taken out of rotation (egress_pool.py).
+EGRESS_FAILURE_KINDS = (
+    "proxy_refused",
+    "proxy_auth",
+    "proxy_timeout",
+    "proxy_dns",
+    "proxy_error",
+    "challenge",
+    "blocked",
+)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -154,6 +164,19 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self._egress_up = Gauge(
+            "tornadoproxy_egress_proxy_up",
+            "1 while an egress proxy is in rotation for an upstream, 0 while it cools down after a failure.",
+            ("upstream", "proxy"),
+            registry=registry,
+            multiprocess_mode="liveall",
+        )
+        self._egress_failures = Counter(
+            "tornadoproxy_egress_proxy_failures",
+            "Egress proxy failures (each failed attempt, retried or not), by upstream, proxy and kind.",
+            ("upstream", "proxy", "kind"),
+            registry=registry,
+        )
         build = Info("tornadoproxy_build", "Versions of the gateway and its stack.", registry=registry)
         build.info(
             {
@@ -199,6 +222,15 @@ class Metrics:
 
     def count_upstream_error(self, upstream: str, kind: str) -> None:
         self._upstream_errors.labels(upstream, kind).inc()
+
+    def watch_egress_proxy(self, upstream: str, proxy: str, up: Callable[[], float]) -> None:
+        """Report `up()` as the health of `proxy` (its masked label) for `upstream` at each scrape."""
+        self._egress_up.labels(upstream, proxy).set_function(up)
+        for kind in EGRESS_FAILURE_KINDS:
+            self._egress_failures.labels(upstream, proxy, kind)
+
+    def count_egress_failure(self, upstream: str, proxy: str, kind: str) -> None:
+        self._egress_failures.labels(upstream, proxy, kind).inc()
 
     def count_stream_end(self, reason: str) -> None:
         self._streams_ended.labels(reason).inc()

@@ -1,8 +1,8 @@
-"""Reading upstream pages: Cloudflare challenge and block pages, hidden form inputs, alert texts.
+"""Reading upstream login pages: hidden form inputs and alert texts.
 
-Pure functions on status, headers and body bytes, used by the login flows (and meant to be shared
-with the relays' page diagnosis). `upstream_text` makes an upstream message fit to relay: no markup,
-short, and nothing the user sent.
+Pure functions on body bytes, used by the login flows; challenge and block pages are recognised by
+diagnosis.page_kind, shared with the relays. `upstream_text` makes an upstream message fit to relay:
+no markup, short, and nothing the user sent.
 """
 
 from __future__ import annotations
@@ -12,28 +12,9 @@ from collections.abc import Sequence
 from html import unescape
 from html.parser import HTMLParser
 
-_BLOCK_MARKERS = ("you have been blocked", "access denied", "error code: 1020", "error 1020")
 _VOID_ELEMENTS = frozenset(
     {"area", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"}
 )
-_CHALLENGE_MARKERS = ("<title>just a moment", "_cf_chl_opt", "/cdn-cgi/challenge-platform")
-
-
-def diagnose_page(
-    status: int, headers: Sequence[tuple[str, str]], body: bytes, blocked_if_html_403: bool = False
-) -> str | None:
-    """ "challenge" for a Cloudflare challenge page, "blocked" for a block page, else None."""
-    lowered = {k.lower(): v.lower() for k, v in headers}
-    if lowered.get("cf-mitigated") == "challenge":
-        return "challenge"
-    if "html" not in lowered.get("content-type", ""):
-        return None
-    text = body[:65536].decode("utf-8", "replace").lower()
-    if any(marker in text for marker in _CHALLENGE_MARKERS):
-        return "challenge"
-    if status in (403, 451) and (blocked_if_html_403 or any(m in text for m in _BLOCK_MARKERS)):
-        return "blocked"
-    return None
 
 
 def upstream_text(text: str, user_inputs: Sequence[str]) -> str:

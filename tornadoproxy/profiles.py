@@ -9,6 +9,7 @@ GREASE values or HTTP/2 SETTINGS and window sizes: stock libcurl (OpenSSL) offer
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,8 +28,9 @@ OPENSSL_TLS13_DEFAULT = "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS
 _HTTP_VERSIONS = {"1.1": pycurl.CURL_HTTP_VERSION_1_1, "2": pycurl.CURL_HTTP_VERSION_2TLS}
 _TLS_VERSIONS = {"1.2": pycurl.SSLVERSION_TLSv1_2, "1.3": pycurl.SSLVERSION_TLSv1_3}
 
-# Headers curl adds on its own unless the list names them; an empty "Name:" line suppresses one.
-_CURL_DEFAULTS = ("accept", "content-type", "expect")
+# Headers curl (or tornado: User-Agent) adds on its own unless the list names them; an empty
+# "Name:" line suppresses one, so a profile sends exactly the headers it lists.
+_CURL_DEFAULTS = ("user-agent", "accept", "accept-encoding", "content-type", "expect")
 
 
 def supported_encodings() -> tuple[str, ...]:
@@ -213,3 +215,40 @@ def builtin_profiles() -> dict[str, ClientProfile]:
 def profile_registry(custom: Mapping[str, ClientProfile] = {}) -> dict[str, ClientProfile]:
     """Built-in profiles overlaid with the operator's own (same name replaces)."""
     return {**builtin_profiles(), **custom}
+
+
+def parse_header_lines(lines: Sequence[str]) -> tuple[tuple[str, str | None], ...]:
+    """Configured header lines ("Name: value", or "Name:" for a slot) as profile headers."""
+    parsed: list[tuple[str, str | None]] = []
+    for line in lines:
+        name, _, value = line.partition(":")
+        parsed.append((name.strip(), value.strip() or None))
+    return tuple(parsed)
+
+
+def derive_profile(name: str, base: ClientProfile | None, changes: Mapping[str, Any]) -> ClientProfile:
+    """A profile called `name`: `base` (or an empty plain profile) with the given fields replaced.
+    `changes` holds ClientProfile field names; `headers` as configured lines."""
+    start = base or ClientProfile(name=name, headers=())
+    fields = dict(changes)
+    if "headers" in fields:
+        fields["headers"] = parse_header_lines(fields["headers"])
+    return dataclasses.replace(start, name=name, **fields)
+
+
+def profile_problem(profile: ClientProfile) -> str | None:
+    """What is inconsistent in a profile (checked at start-up), or None."""
+    if profile.http_version == "2" and not profile.alpn:
+        return "http_version 2 needs alpn: true (HTTP/2 over TLS is chosen through ALPN)"
+    for (name, value), lowered in zip(profile.headers, profile._lowered, strict=True):
+        if lowered != "accept-encoding" or value is None:
+            continue
+        available = supported_encodings()
+        for coding in value.split(","):
+            coding = coding.split(";")[0].strip().lower()
+            if coding not in available and coding not in ("identity", "*", ""):
+                return (
+                    f"{name} names {coding!r}, which this libcurl cannot decode "
+                    f"(it decodes {', '.join(available)})"
+                )
+    return None

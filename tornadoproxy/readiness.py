@@ -67,12 +67,26 @@ class Readiness:
         self.first_round_done = False
 
     def reconfigure(self, config: ReadinessConfig, urls: Mapping[str, str]) -> None:
-        """Take effect from the next probe round."""
+        """Take effect from the next probe round (switching probes on or off from now)."""
         self._config = config
         self._urls = dict(urls)
+        if not config.enabled:
+            self.stop()
+            self._disable()
+        elif self._task is None or self._task.done():
+            self.start()
 
     def start(self) -> None:
+        if not self._config.enabled:
+            self._disable()
+            return
         self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _disable(self) -> None:
+        for name in self._urls:
+            self._results[name] = ProbeResult("disabled", "probes are off (readiness.enabled)")
+            self._metrics.set_upstream_state(name, "disabled")
+        self.first_round_done = True
 
     def stop(self) -> None:
         if self._task is not None:

@@ -29,6 +29,7 @@ RESTART_ONLY = (
     "server.ops_host",
     "server.ops_port",
     "fetch.max_clients",
+    "egress",
     "tokens",
     "logins.max_failures_per_username",
     "logins.username_window",

@@ -9,35 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import socket
 import sys
 from collections.abc import Mapping
-from urllib.parse import unquote, urlsplit
 
 from prometheus_client import CollectorRegistry
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
 from tornadoproxy.app import make_app, make_ops_app
-from tornadoproxy.config import Config, ConfigError, load_config
-from tornadoproxy.egress import EgressProxy
+from tornadoproxy.config import Config, ConfigError
+from tornadoproxy.egress_pool import EgressPools
 from tornadoproxy.fetcher import Fetcher, UpstreamRoute
 from tornadoproxy.listener import GatewayHTTPServer
 from tornadoproxy.logins import Logins
 from tornadoproxy.logs import configure_logging
 from tornadoproxy.metrics import Metrics
-from tornadoproxy.profiles import profile_registry
 from tornadoproxy.readiness import Readiness
 from tornadoproxy.runtime import Loader, Runtime, access_policy, connection_body_limit
 from tornadoproxy.services import Services
 from tornadoproxy.tokens import TokenCache
-from tornadoproxy.tokenstore import MemoryStore, RedisStore, TokenStore, secret_from_config
+from tornadoproxy.wiring import build_store, load
 
 log = logging.getLogger(__name__)
-
-UPSTREAMS = ("chatgpt", "auth", "platform", "platform_web")
 
 
 def main(config_path: str | None, environ: Mapping[str, str]) -> int:
@@ -60,71 +55,6 @@ def main(config_path: str | None, environ: Mapping[str, str]) -> int:
     return 0
 
 
-def load(
-    config_path: str | None, environ: Mapping[str, str]
-) -> tuple[Config, dict[str, UpstreamRoute], frozenset[str]]:
-    """The validated configuration, the routes it implies and the secrets it holds."""
-    config = load_config(config_path, environ)
-    routes = build_routes(config)
-    check_tokens(config)
-    return config, routes, config_secrets(config)
-
-
-def build_routes(config: Config) -> dict[str, UpstreamRoute]:
-    """How each upstream is reached: origin, egress proxy and client profile."""
-    profiles = profile_registry()
-    proxy = EgressProxy.parse(config.egress.proxy)
-    urls = config.upstreams.by_name()
-    chosen = {
-        "chatgpt": config.profiles.chatgpt,
-        "auth": config.profiles.auth,
-        "platform": config.profiles.platform,
-        "platform_web": config.profiles.auth,
-    }
-    for key in ("chatgpt", "auth", "platform"):
-        if chosen[key] not in profiles:
-            known = ", ".join(sorted(profiles))
-            raise ConfigError(f"profiles.{key}: unknown profile {chosen[key]!r} (known: {known})")
-    return {
-        name: UpstreamRoute(name, _origin(urls[name]), proxy, profiles[chosen[name]]) for name in UPSTREAMS
-    }
-
-
-def check_tokens(config: Config) -> None:
-    """The token store's settings fit together (each key alone is checked by load_config)."""
-    tokens = config.tokens
-    if tokens.store == "file" and not tokens.file:
-        raise ConfigError("tokens.file: must name the persistence file when tokens.store is file")
-    if tokens.store == "file" and not os.path.isdir(os.path.dirname(os.path.abspath(tokens.file))):
-        raise ConfigError("tokens.file: its directory does not exist")
-    if tokens.store == "redis" and not tokens.redis_url:
-        raise ConfigError("tokens.redis_url: must be set when tokens.store is redis")
-
-
-def build_store(config: Config, metrics: Metrics) -> TokenStore:
-    tokens = config.tokens
-    secret = secret_from_config(tokens.secret)
-    if tokens.store == "redis":
-        return RedisStore(tokens.redis_url, tokens.redis_prefix, secret)
-    path = tokens.file if tokens.store == "file" else ""
-    return MemoryStore(tokens.max_entries, metrics, secret, path)
-
-
-def config_secrets(config: Config) -> frozenset[str]:
-    """Configured secrets the log filter must mask wherever they appear."""
-    proxy = EgressProxy.parse(config.egress.proxy)
-    found = {s.reveal() for s in (proxy.username, proxy.password) if s is not None}
-    found.add(config.tokens.secret)
-    redis_password = urlsplit(config.tokens.redis_url).password if config.tokens.redis_url else None
-    found.add(unquote(redis_password or ""))
-    return frozenset(s for s in found if s)
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
 async def serve(
     config: Config,
     routes: dict[str, UpstreamRoute],
@@ -133,7 +63,9 @@ async def serve(
     reload: Loader,
 ) -> None:
     metrics = Metrics(CollectorRegistry(), tuple(routes))
-    fetcher = Fetcher(config.fetch, routes, metrics)
+    proxies = {name: route.proxies for name, route in routes.items()}
+    pools = EgressPools(proxies, config.egress.cooldown, metrics)
+    fetcher = Fetcher(config.fetch, routes, metrics, pools)
     readiness = Readiness(config.readiness, config.upstreams.by_name(), fetcher, metrics)
     logins = Logins(config.logins, config.upstreams, fetcher, metrics)
     tokens = TokenCache(config.tokens, config.logins, build_store(config, metrics), metrics)

@@ -186,3 +186,13 @@ def test_readyz_is_503_until_the_first_round_completes(
         assert report["platform"] == {**report["platform"], "state": "unreachable", "status": None}
         assert "no answer within 3 s" in report["platform"]["detail"]
         assert request("GET", gw.url + "/readyz").status == 200
+
+
+def test_probes_can_be_switched_off(make_gateway: Callable[..., Gateway], sim: Simulator) -> None:
+    gw = make_gateway({"readiness": {"enabled": False}}, ready=False)
+    answer = request("GET", gw.url + "/readyz")
+    assert answer.status == 200
+    assert {name: result["state"] for name, result in answer.json().items()} == dict.fromkeys(
+        ("chatgpt", "auth", "platform", "platform_web"), "disabled"
+    )
+    assert sim.journal() == []  # nothing went upstream on the gateway's own initiative

@@ -18,6 +18,7 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application
 
 from tests.simulator import auth, chatgpt, control, platform
+from tests.simulator.base import SimHandler
 from tests.simulator.state import State
 
 # Each family is one listener; login routes come first because the API families end in catch-alls.
@@ -29,9 +30,20 @@ FAMILIES: dict[str, list[Any]] = {
 }
 
 
+class UnknownPathHandler(SimHandler):
+    """A path the family does not serve: journaled (and scripted answers apply) like any other,
+    then 404, so tests can see every request that reached a listener."""
+
+    def _not_found(self, *_args: str) -> None:
+        self.send_json(404, {"error": {"message": "no such path on the simulator", "type": "not_found"}})
+
+    get = post = put = patch = delete = head = options = _not_found
+
+
 def family_app(state: State, family: str) -> Application:
-    routes = [(pattern, handler, {"state": state, "family": family}) for pattern, handler in FAMILIES[family]]
-    return Application(routes)
+    args = {"state": state, "family": family}
+    routes = [(pattern, handler, args) for pattern, handler in FAMILIES[family]]
+    return Application(routes, default_handler_class=UnknownPathHandler, default_handler_args=args)
 
 
 def control_app(state: State) -> Application:

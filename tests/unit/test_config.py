@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import yaml
@@ -141,3 +142,102 @@ def test_bad_config_stops_the_process_with_one_line(tmp_path: Path, yaml_text: s
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"egress": {"proxy": ["socks5h://127.0.0.1:1", "direct"]}}, "egress.proxy: entry 1: a list holds"),
+        ({"egress": {"chatgpt": []}}, "egress.chatgpt: must not be an empty list"),
+        ({"egress": {"auth": {"a": 1}}}, "egress.auth: must be a string or a list"),
+        (
+            {"egress": {"platform": ["http://127.0.0.1:1", "http://127.0.0.1:1"]}},
+            "egress.platform: entry 1 repeats",
+        ),
+        ({"egress": {"proxy": "socks5h://u:p/w@127.0.0.1:1"}}, "egress.proxy: is not a valid proxy URL"),
+        ({"egress": {"proxy": "socks5h://u:p%zz@127.0.0.1:1"}}, "egress.proxy: has a malformed %-escape"),
+        ({"egress": {"proxy": "http://a%3Ab:p@127.0.0.1:1"}}, "egress.proxy: has a ':' in its user name"),
+        ({"egress": {"proxy": "socks5h://127.0.0.1:1/path"}}, "egress.proxy: must be scheme://"),
+        ({"egress": {"cooldown": 0}}, "egress.cooldown: must be between"),
+        ({"fetch": {"ca_file": "/nonexistent/ca.pem"}}, "fetch.ca_file: must be a readable file"),
+        ({"profiles": {"custom": {"Bad Name": {}}}}, "profiles.custom: 'Bad Name' must be a profile name"),
+        (
+            {"profiles": {"custom": {"x": {"http_version": 3}}}},
+            "profiles.custom.x.http_version: must be one of",
+        ),
+        (
+            {"profiles": {"custom": {"x": {"headers": ["No Colon"]}}}},
+            "profiles.custom.x.headers: entry 0 must be",
+        ),
+        (
+            {"profiles": {"custom": {"x": {"headers": ["A: 1", "a: 2"]}}}},
+            "profiles.custom.x.headers: entry 1 names",
+        ),
+        ({"profiles": {"custom": {"x": {"colour": 1}}}}, "profiles.custom.x.colour: unknown key"),
+    ],
+)
+def test_bad_egress_profile_and_fetch_values_name_the_key(tmp_path: Path, data: object, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load(tmp_path, data)
+    assert str(raised.value).startswith(message), str(raised.value)
+
+
+def test_egress_lists_overrides_and_credentials(tmp_path: Path) -> None:
+    from tests.secrets_used import PROXY_PASSWORD
+    from tornadoproxy.wiring import build_routes, config_secrets
+
+    secret_url = f"socks5h://us%40r:{quote(PROXY_PASSWORD, safe='')}@127.0.0.1:1080"
+    config = load(
+        tmp_path,
+        {
+            "egress": {
+                "proxy": [secret_url, "http://127.0.0.1:3128"],
+                "chatgpt": "direct",
+                "platform": "socks5://127.0.0.1:1081",
+            }
+        },
+    )
+    routes = build_routes(config)
+    assert [p.label for p in routes["auth"].proxies] == [
+        "socks5h://***@127.0.0.1:1080",
+        "http://127.0.0.1:3128",
+    ]
+    assert routes["platform_web"].proxies == routes["auth"].proxies
+    assert [p.label for p in routes["chatgpt"].proxies] == ["direct"]
+    assert [p.label for p in routes["platform"].proxies] == ["socks5://127.0.0.1:1081"]
+    assert config_secrets(config) == {"us@r", PROXY_PASSWORD}
+    with pytest.raises(ConfigError) as raised:
+        load(tmp_path, {"egress": {"proxy": secret_url.replace("socks5h", "socks4")}})
+    assert PROXY_PASSWORD not in str(raised.value) and "us%40r" not in str(raised.value)
+
+
+def test_custom_profiles_are_derived_and_checked_by_libcurl(tmp_path: Path) -> None:
+    from tornadoproxy.wiring import build_routes
+
+    custom = {
+        "mine": {
+            "base": "chrome",
+            "headers": ["User-Agent: Mine/1", "Authorization:"],
+            "http_version": "1.1",
+        },
+        "yours": {"base": "mine", "curves": "X25519"},
+    }
+    config = load(tmp_path, {"profiles": {"chatgpt": "yours", "custom": custom}})
+    profile = build_routes(config)["chatgpt"].profile
+    assert profile.name == "yours" and profile.curves == "X25519" and profile.http_version == "1.1"
+    assert profile.headers == (("User-Agent", "Mine/1"), ("Authorization", None))
+    assert profile.ciphers.startswith("ECDHE-ECDSA-AES128-GCM-SHA256")  # from chrome, two levels up
+    bad = [
+        ({"x": {"curves": "X25519:no-such-curve"}}, "profiles.custom.x: failed setting curves list"),
+        ({"x": {"tls13_ciphers": "TLS_NOPE"}}, "profiles.custom.x: failed setting TLS 1.3 cipher suite"),
+        ({"x": {"ciphers": "NOPE-CIPHER"}}, "profiles.custom.x: failed setting cipher list"),
+        ({"x": {"signature_algorithms": "nope"}}, "profiles.custom.x: failed setting signature algorithms"),
+        ({"x": {"base": "chrome", "alpn": False}}, "profiles.custom.x: http_version 2 needs alpn"),
+        ({"x": {"headers": ["Accept-Encoding: zstd"]}}, "profiles.custom.x: Accept-Encoding names 'zstd'"),
+        ({"x": {"base": "y"}, "y": {"base": "x"}}, "profiles.custom."),
+        ({"x": {"base": "nope"}}, "profiles.custom.x.base: unknown profile 'nope'"),
+    ]
+    for profiles, message in bad:
+        with pytest.raises(ConfigError) as raised:
+            build_routes(load(tmp_path, {"profiles": {"custom": profiles}}))
+        assert str(raised.value).startswith(message), str(raised.value)

@@ -82,6 +82,6 @@ def test_egress_proxy_parsing_and_masking() -> None:
 def test_direct_clears_every_proxy_option() -> None:
     assert EgressProxy.parse("") is DIRECT and EgressProxy.parse("direct") is DIRECT
     options = dict(DIRECT.curl_options())
-    assert options[pycurl.PROXY] == "" and options[pycurl.PROXYPASSWORD] == ""
+    assert options[pycurl.PROXY] == "" and options[pycurl.PROXYPASSWORD] is None
     http = dict(EgressProxy.parse("http://127.0.0.1:3128").curl_options())
     assert set(options) <= set(http)  # whatever a proxy sets, direct resets

@@ -13,11 +13,12 @@ import pytest
 
 from tornadoproxy.config import Config as GatewayConfig
 from tornadoproxy.config import ConfigError, build
+from tornadoproxy.diagnosis import page_kind
 from tornadoproxy.errors import BadRequest, LoginError
 from tornadoproxy.handlers.logins import parse_login_body
 from tornadoproxy.limits import AttemptLimiter, LoginLimits
-from tornadoproxy.logins import iso_time, jwt_expiry, token_expiry
-from tornadoproxy.pages import diagnose_page, element_text, hidden_inputs, upstream_text
+from tornadoproxy.logins import _Page, iso_time, jwt_expiry, login_page_kind, token_expiry
+from tornadoproxy.pages import element_text, hidden_inputs, upstream_text
 from tornadoproxy.sealing import (
     SealedRecord,
     derive_key,
@@ -28,9 +29,9 @@ from tornadoproxy.sealing import (
     unseal,
     user_key,
 )
-from tornadoproxy.server import check_tokens, config_secrets
 from tornadoproxy.tokens import cache_deadline
 from tornadoproxy.tokenstore import secret_from_config, write_atomically
+from tornadoproxy.wiring import check_tokens, config_secrets
 
 SECRET = b"s" * 32
 
@@ -221,13 +222,16 @@ HTML = [("Content-Type", "text/html; charset=UTF-8")]
 
 
 def test_page_diagnosis() -> None:
-    assert diagnose_page(403, [("cf-mitigated", "challenge")], b"") == "challenge"
-    assert diagnose_page(503, HTML, b"<html><title>Just a moment...</title></html>") == "challenge"
-    assert diagnose_page(403, HTML, b"<h1>Sorry, you have been blocked</h1>") == "blocked"
-    assert diagnose_page(403, HTML, b"<h1>Forbidden</h1>") is None
-    assert diagnose_page(403, HTML, b"<h1>Forbidden</h1>", blocked_if_html_403=True) == "blocked"
-    assert diagnose_page(400, HTML, b'<div id="prompt-alert">Wrong email or password</div>') is None
-    assert diagnose_page(403, [("Content-Type", "application/json")], b'{"detail":"access denied"}') is None
+    assert page_kind([("cf-mitigated", "challenge")], b"") == "challenge"
+    assert page_kind(HTML, b"<html><title>Just a moment...</title></html>") == "challenge"
+    assert page_kind(HTML, b"<h1>Sorry, you have been blocked</h1>") == "blocked"
+    assert page_kind(HTML, b"<h1>Forbidden</h1>") is None
+    assert login_page_kind(_Page("csrf", "u", 403, HTML, b"<h1>Forbidden</h1>")) == "blocked"
+    assert login_page_kind(_Page("password", "u", 403, HTML, b"<h1>Forbidden</h1>")) is None
+    alert = b'<div id="prompt-alert">Wrong email or password</div>'
+    assert login_page_kind(_Page("password", "u", 400, HTML, alert)) is None
+    json_denied = [("Content-Type", "application/json")]
+    assert login_page_kind(_Page("csrf", "u", 403, json_denied, b'{"detail":"access denied"}')) is None
 
 
 def test_hidden_inputs_and_element_text() -> None:

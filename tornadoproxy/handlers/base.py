@@ -294,6 +294,9 @@ class BaseHandler(RequestHandler):
         problem = diagnose(exchange.route.name, exchange.status, exchange.headers, body)
         if problem is not None:
             self.services.metrics.count_upstream_error(exchange.route.name, problem.kind)
+            if problem.kind in ("challenge", "blocked"):
+                # The next request goes out through another egress proxy, if there is one.
+                self.services.fetcher.egress.mark_failed(exchange.route.name, exchange.proxy, problem.kind)
             log.warning("%s answered %d: %s", exchange.route.name, exchange.status, problem.code)
             raise problem
 

@@ -1,0 +1,146 @@
+"""From a validated configuration to what the components are built from.
+
+Routes (origin, egress proxies and client profile per upstream; custom profiles checked by libcurl
+itself), the token store, and the configured secrets for the log filter. server.py builds the
+components from these at start-up; runtime.py loads them again on SIGHUP.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from urllib.parse import unquote, urlsplit
+
+from tornadoproxy.config import Config, ConfigError, CustomProfileConfig, ProxySetting, load_config
+from tornadoproxy.egress import parse_proxies, proxy_secrets
+from tornadoproxy.fetcher import UpstreamRoute, tls_settings_problem
+from tornadoproxy.metrics import Metrics
+from tornadoproxy.profiles import ClientProfile, derive_profile, profile_problem, profile_registry
+from tornadoproxy.tokenstore import MemoryStore, RedisStore, TokenStore, secret_from_config
+
+UPSTREAMS = ("chatgpt", "auth", "platform", "platform_web")
+
+
+def load(
+    config_path: str | None, environ: Mapping[str, str]
+) -> tuple[Config, dict[str, UpstreamRoute], frozenset[str]]:
+    """The validated configuration, the routes it implies and the secrets it holds."""
+    config = load_config(config_path, environ)
+    routes = build_routes(config)
+    check_tokens(config)
+    return config, routes, config_secrets(config)
+
+
+def build_routes(config: Config) -> dict[str, UpstreamRoute]:
+    """How each upstream is reached: origin, egress proxies and client profile."""
+    profiles = build_profiles(config.profiles.custom)
+    proxies = egress_settings(config)
+    urls = config.upstreams.by_name()
+    chosen = {
+        "chatgpt": config.profiles.chatgpt,
+        "auth": config.profiles.auth,
+        "platform": config.profiles.platform,
+        "platform_web": config.profiles.auth,
+    }
+    for key in ("chatgpt", "auth", "platform"):
+        if chosen[key] not in profiles:
+            known = ", ".join(sorted(profiles))
+            raise ConfigError(f"profiles.{key}: unknown profile {chosen[key]!r} (known: {known})")
+    return {
+        name: UpstreamRoute(name, _origin(urls[name]), parse_proxies(proxies[name]), profiles[chosen[name]])
+        for name in UPSTREAMS
+    }
+
+
+def check_tokens(config: Config) -> None:
+    """The token store's settings fit together (each key alone is checked by load_config)."""
+    tokens = config.tokens
+    if tokens.store == "file" and not tokens.file:
+        raise ConfigError("tokens.file: must name the persistence file when tokens.store is file")
+    if tokens.store == "file" and not os.path.isdir(os.path.dirname(os.path.abspath(tokens.file))):
+        raise ConfigError("tokens.file: its directory does not exist")
+    if tokens.store == "redis" and not tokens.redis_url:
+        raise ConfigError("tokens.redis_url: must be set when tokens.store is redis")
+
+
+def build_store(config: Config, metrics: Metrics) -> TokenStore:
+    tokens = config.tokens
+    secret = secret_from_config(tokens.secret)
+    if tokens.store == "redis":
+        return RedisStore(tokens.redis_url, tokens.redis_prefix, secret)
+    path = tokens.file if tokens.store == "file" else ""
+    return MemoryStore(tokens.max_entries, metrics, secret, path)
+
+
+def egress_settings(config: Config) -> dict[str, ProxySetting]:
+    """Each upstream's egress setting: its override, else egress.proxy (platform_web follows auth)."""
+    egress = config.egress
+    return {
+        "chatgpt": egress.chatgpt or egress.proxy,
+        "auth": egress.auth or egress.proxy,
+        "platform": egress.platform or egress.proxy,
+        "platform_web": egress.auth or egress.proxy,
+    }
+
+
+def build_profiles(custom: Mapping[str, CustomProfileConfig]) -> dict[str, ClientProfile]:
+    """The built-in profiles and the operator's own, each checked (TLS knobs by libcurl itself)."""
+    builtin = profile_registry()
+    built: dict[str, ClientProfile] = {}
+
+    def resolve(name: str, chain: tuple[str, ...]) -> ClientProfile:
+        if name in built:
+            return built[name]
+        spec = custom[name]
+        path = f"profiles.custom.{name}"
+        base = None
+        if spec.base:
+            if spec.base in chain + (name,):
+                raise ConfigError(f"{path}.base: profiles derive from each other in a loop")
+            if spec.base in custom and spec.base != name:
+                base = resolve(spec.base, chain + (name,))
+            elif spec.base in builtin:
+                base = builtin[spec.base]
+            else:
+                known = ", ".join(sorted(set(builtin) | set(custom)))
+                raise ConfigError(f"{path}.base: unknown profile {spec.base!r} (known: {known})")
+        changes = {key: getattr(spec, key) for key in _PROFILE_FIELDS if getattr(spec, key) is not None}
+        profile = derive_profile(name, base, changes)
+        problem = profile_problem(profile) or tls_settings_problem(profile.curl_options())
+        if problem:
+            raise ConfigError(f"{path}: {problem}")
+        built[name] = profile
+        return profile
+
+    for name in custom:
+        resolve(name, ())
+    return profile_registry(built)
+
+
+_PROFILE_FIELDS = (
+    "headers",
+    "http_version",
+    "ciphers",
+    "tls13_ciphers",
+    "curves",
+    "signature_algorithms",
+    "alpn",
+    "min_tls",
+)
+
+
+def config_secrets(config: Config) -> frozenset[str]:
+    """Configured secrets the log filter must mask wherever they appear: proxy credentials, the token
+    cache's secret and the Redis password."""
+    found: set[str] = set()
+    for setting in egress_settings(config).values():
+        found |= proxy_secrets(parse_proxies(setting))
+    found.add(config.tokens.secret)
+    redis_password = urlsplit(config.tokens.redis_url).password if config.tokens.redis_url else None
+    found.add(unquote(redis_password or ""))
+    return frozenset(s for s in found if s)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
