@@ -34,8 +34,9 @@ from tornadoproxy.config import load_config
 from tornadoproxy.egress import EgressProxy
 from tornadoproxy.egress_pool import EgressPools
 from tornadoproxy.errors import UpstreamError
-from tornadoproxy.fetcher import Fetcher, UpstreamRequest
+from tornadoproxy.fetcher import Fetcher
 from tornadoproxy.metrics import Metrics
+from tornadoproxy.upstream import UpstreamRequest
 from tornadoproxy.wiring import build_routes
 
 SOCKS_USER = "us@r:1"

@@ -31,9 +31,12 @@ LAYERS: dict[str, float] = {
     "pages": 1,
     "limits": 1,
     "metrics": 2,
+    "upstream": 2,
+    "gate": 2.5,
+    "exchange": 2.5,
     "curl_errors": 2,
     "egress_pool": 2,
-    "fetcher": 2,
+    "fetcher": 2.7,  # builds exchanges, fails over between egress proxies
     "logs": 2,
     "tokenstore": 2,
     "readiness": 3,
@@ -62,7 +65,7 @@ FORBIDDEN_THIRD_PARTY: dict[float, set[str]] = {
 }
 ONLY_HERE = {
     "yaml": {"config"},
-    "pycurl": {"fetcher", "egress", "profiles", "metrics"},
+    "pycurl": {"fetcher", "exchange", "upstream", "egress", "profiles", "metrics"},
     "redis": {"tokenstore"},
     "cryptography": {"sealing"},
 }

@@ -76,6 +76,16 @@ class CurlFailure:
     proxy_code: int = 0  # CURLINFO_PROXY_ERROR
 
 
+def before_upstream(failure: CurlFailure, headers_complete: bool) -> bool:
+    """Whether a direct transfer failed before its request could reach the upstream: the name did
+    not resolve, the connection was refused, or connecting timed out."""
+    if headers_complete:
+        return False
+    if failure.errno in (6, 7):
+        return True
+    return failure.errno == 28 and "connection timed out" in failure.message.lower()
+
+
 def classify_failure(
     failure: CurlFailure,
     *,

@@ -23,9 +23,11 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 from tornadoproxy.config import LoginsConfig, UpstreamsConfig
 from tornadoproxy.diagnosis import page_kind
 from tornadoproxy.errors import LoginError, UpstreamError
-from tornadoproxy.fetcher import CookieJar, Exchange, Fetcher, UpstreamRequest
+from tornadoproxy.exchange import Exchange
+from tornadoproxy.fetcher import Fetcher
 from tornadoproxy.metrics import Metrics
 from tornadoproxy.pages import element_text, hidden_inputs, upstream_text
+from tornadoproxy.upstream import CookieJar, UpstreamRequest
 
 FAMILIES = ("chatgpt", "platform")
 _FLOW_NAMES = {"chatgpt": "ChatGPT login", "platform": "Platform login"}

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from tornadoproxy.config import ReadinessConfig
 from tornadoproxy.diagnosis import diagnose
 from tornadoproxy.errors import UpstreamError
-from tornadoproxy.fetcher import Fetcher, UpstreamRequest
+from tornadoproxy.fetcher import Fetcher
 from tornadoproxy.metrics import UPSTREAM_STATES, Metrics
+from tornadoproxy.upstream import UpstreamRequest
 
 log = logging.getLogger(__name__)
 

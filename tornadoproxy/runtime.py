@@ -16,9 +16,9 @@ from tornado.httpserver import HTTPServer
 
 from tornadoproxy.access import AccessPolicy
 from tornadoproxy.config import Config, ConfigError
-from tornadoproxy.fetcher import UpstreamRoute
 from tornadoproxy.logs import configure_logging
 from tornadoproxy.services import Services
+from tornadoproxy.upstream import UpstreamRoute
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from tornado.web import Application
 from tornadoproxy.app import make_app, make_ops_app
 from tornadoproxy.config import Config, ConfigError
 from tornadoproxy.egress_pool import EgressPools
-from tornadoproxy.fetcher import Fetcher, UpstreamRoute
+from tornadoproxy.fetcher import Fetcher
 from tornadoproxy.listener import GatewayHTTPServer
 from tornadoproxy.logins import Logins
 from tornadoproxy.logs import configure_logging
@@ -30,6 +30,7 @@ from tornadoproxy.readiness import Readiness
 from tornadoproxy.runtime import Loader, Runtime, access_policy, connection_body_limit
 from tornadoproxy.services import Services
 from tornadoproxy.tokens import TokenCache
+from tornadoproxy.upstream import UpstreamRoute
 from tornadoproxy.wiring import build_store, load
 
 log = logging.getLogger(__name__)

@@ -13,10 +13,11 @@ from urllib.parse import unquote, urlsplit
 
 from tornadoproxy.config import Config, ConfigError, CustomProfileConfig, ProxySetting, load_config
 from tornadoproxy.egress import parse_proxies, proxy_secrets
-from tornadoproxy.fetcher import UpstreamRoute, tls_settings_problem
+from tornadoproxy.fetcher import tls_settings_problem
 from tornadoproxy.metrics import Metrics
 from tornadoproxy.profiles import ClientProfile, derive_profile, profile_problem, profile_registry
 from tornadoproxy.tokenstore import MemoryStore, RedisStore, TokenStore, secret_from_config
+from tornadoproxy.upstream import UpstreamRoute
 
 UPSTREAMS = ("chatgpt", "auth", "platform", "platform_web")
 

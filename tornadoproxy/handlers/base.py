@@ -25,7 +25,7 @@ from tornadoproxy.errors import (
     PayloadTooLarge,
     UpstreamError,
 )
-from tornadoproxy.fetcher import Exchange, UpstreamRequest
+from tornadoproxy.exchange import Exchange
 from tornadoproxy.forwarding import (
     check_raw_path,
     check_raw_query,
@@ -35,6 +35,7 @@ from tornadoproxy.forwarding import (
 )
 from tornadoproxy.services import Services
 from tornadoproxy.sse import EventSplitter, EventTooLarge, encode_comment, encode_event
+from tornadoproxy.upstream import UpstreamRequest
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,249 @@
+"""One upstream request in flight, as libcurl hands it over: status and headers, then the body.
+
+The exchange receives libcurl's own header and body callbacks (set by the fetcher), so data arrives
+in libcurl's order without an IOLoop callback per piece, and the transfer pauses when the consumer
+falls behind. The consumer (a handler, a login step, a probe) awaits `wait_headers()` and `read()`.
+What to do when a transfer ends (classify, fail over, release the gate slot) is the fetcher's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from typing import TYPE_CHECKING, Protocol
+
+import pycurl
+from tornado.curl_httpclient import CurlError
+from tornado.httpclient import HTTPResponse
+from tornado.ioloop import IOLoop
+
+from tornadoproxy.curl_errors import CurlFailure
+from tornadoproxy.egress import EgressProxy
+from tornadoproxy.errors import UpstreamError, upstream_timeout
+
+if TYPE_CHECKING:
+    from tornadoproxy.egress_pool import EgressPools
+    from tornadoproxy.metrics import Metrics
+    from tornadoproxy.upstream import UpstreamRequest, UpstreamRoute
+
+# Pause the transfer when this much body waits for a slow client.
+_HIGH_WATER = 256 * 1024
+
+
+class Owner(Protocol):
+    """What an exchange needs from the fetcher that started it."""
+
+    metrics: Metrics
+    egress: EgressPools
+
+    def transfer_ended(self, exchange: Exchange, failure: CurlFailure | None) -> bool: ...
+
+
+class Exchange:
+    """One upstream request in flight: status and headers first, then the body as it arrives."""
+
+    def __init__(
+        self,
+        owner: Owner,
+        request: UpstreamRequest,
+        route: UpstreamRoute,
+        proxy: EgressProxy,
+        gated: bool,
+    ) -> None:
+        self.request = request
+        self.route = route
+        self.gated = gated
+        self.proxy = proxy  # the egress proxy of the current attempt
+        self.failed_attempts: list[tuple[EgressProxy, UpstreamError]] = []
+        self.status = 0
+        self.reason = ""
+        self.headers: list[tuple[str, str]] = []
+        self.headers_complete = False
+        self.finished = False
+        self.error: UpstreamError | None = None
+        self.aborted_reason: str | None = None
+        self.started_at = time.monotonic()
+        self._last_activity = self.started_at
+        self._owner = owner
+        self._curl: pycurl.Curl | None = None
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    # -- the consumer side (handlers) -----------------------------------------------------------
+    async def wait_headers(self) -> None:
+        """Return once the final status and headers are in; raise UpstreamError if none will come."""
+        while not self.headers_complete:
+            if self.finished or self.aborted_reason is not None:
+                raise self.error or UpstreamError(
+                    f"the {self.route.name} upstream closed the connection without a response"
+                )
+            await self._wait()
+
+    async def read(self, timeout: float | None = None) -> bytes | None:
+        """The body bytes received so far (waiting for some), b"" if `timeout` passed without
+        any, None at the end or once aborted. Raises UpstreamError if the transfer failed midway."""
+        if not self._chunks and not self.finished and self.aborted_reason is None:
+            await self._wait(timeout)
+        if self.aborted_reason is not None:
+            if self.error is not None:
+                raise self.error
+            return None
+        if self._chunks:
+            data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+            self._chunks.clear()
+            self._buffered = 0
+            if self._paused:
+                self._resume()
+            return data
+        if self.finished:
+            if self.error is not None:
+                raise self.error
+            return None
+        return b""
+
+    def abort(self, reason: str, error: UpstreamError | None = None) -> None:
+        """Stop the transfer (client gone, shutdown, idle); libcurl notices within about a second.
+        With `error`, the consumer sees that error instead of the end of the body."""
+        if not self.finished and self.aborted_reason is None:
+            self.aborted_reason = reason
+            self.error = error
+            if self._paused:
+                self._resume()  # a paused transfer only sees the abort once it runs again
+            self._wake()
+
+    async def _wait(self, timeout: float | None = None) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        if timeout is None:
+            await waiter
+            return
+        handle = IOLoop.current().call_later(timeout, self._wake)
+        try:
+            await waiter
+        finally:
+            IOLoop.current().remove_timeout(handle)
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def arm_idle_timer(self, idle: float) -> None:
+        """Fail the exchange after `idle` seconds without a byte from the upstream.
+
+        libcurl's own LOW_SPEED_TIME fires about seven seconds late (its speed is an average over
+        the last five seconds), so the idle timeout is ours: one timer per exchange, re-armed
+        only when it fires, and a timestamp per chunk."""
+
+        def check() -> None:
+            if self.finished or self.aborted_reason is not None:
+                return
+            silent = time.monotonic() - self._last_activity
+            if silent < idle:
+                IOLoop.current().call_later(idle - silent, check)
+                return
+            self._owner.metrics.count_upstream_error(self.route.name, "timeout")
+            message = f"the {self.route.name} upstream sent nothing for {idle:g} s (fetch.idle_timeout)"
+            self.abort("idle_timeout", upstream_timeout(message))
+
+        IOLoop.current().call_later(idle, check)
+
+    # -- the producer side: libcurl's own callbacks (see Fetcher.open) --------------------------
+    def on_curl_ready(self, curl: pycurl.Curl) -> None:
+        self._curl = curl
+
+    def on_progress(self, _dltotal: int, _dlnow: int, _ultotal: int, _ulnow: int) -> int:
+        return 1 if self.aborted_reason is not None else 0
+
+    def on_header(self, raw: bytes) -> None:
+        """HEADERFUNCTION: one header line, called by libcurl as it parses them."""
+        self._last_activity = time.monotonic()
+        line = raw.decode("latin-1")
+        if line.startswith("HTTP/"):
+            # A new status line starts a new header block (1xx, redirect).
+            parts = line.split(" ", 2)
+            self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            self.reason = parts[2].strip() if len(parts) > 2 else ""
+            self.headers = []
+        elif line == "\r\n" or line == "\n":
+            if self.status >= 200 and not self.headers_complete:
+                self.headers_complete = True
+                self._owner.egress.mark_ok(self.route.name, self.proxy)
+                self._owner.metrics.observe_first_byte(self.route.name, time.monotonic() - self.started_at)
+                self._wake()
+        else:
+            name, _, value = line.partition(":")
+            if name and not name[0].isspace():
+                self.headers.append((name.strip(), value.strip()))
+
+    def on_write(self, chunk: bytes) -> int | None:
+        """WRITEFUNCTION: body bytes as libcurl receives them.
+
+        Over the high-water mark the chunk is refused with WRITEFUNC_PAUSE: libcurl keeps it, stops
+        reading the socket, and hands it over again once `read()` resumes the transfer. A slow
+        client thereby slows its upstream instead of growing our memory. An abort makes the write
+        fail at once (a silent upstream is covered by the progress callback)."""
+        if self.aborted_reason is not None:
+            return 0
+        if self._buffered >= _HIGH_WATER:
+            self._paused = True
+            return pycurl.WRITEFUNC_PAUSE
+        self._last_activity = time.monotonic()
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        self._wake()
+        return None
+
+    def _resume(self) -> None:
+        self._paused = False
+        if self._curl is not None:
+            try:
+                # May call on_write() at once with the chunk libcurl held back.
+                self._curl.pause(pycurl.PAUSE_CONT)
+            except pycurl.error:
+                pass  # the transfer failed while paused; on_finished reports it
+
+    def on_finished(self, response: HTTPResponse) -> None:
+        # A non-2xx answer is data: only a CurlError (code 599) is a transport failure.
+        failed = isinstance(response.error, CurlError)
+        failure = _failure_of(response.error, self._curl) if failed else None
+        self._curl = None  # tornado resets and reuses the handle from now on
+        self._paused = False
+        if self._owner.transfer_ended(self, failure if self.aborted_reason is None else None):
+            return  # sent again: through the next egress proxy, or after a failed connect
+        self.finished = True
+        self._wake()
+
+    def close_unsent(self) -> None:
+        """End an exchange whose next attempt was never started (aborted while waiting to retry)."""
+        self.finished = True
+        self._wake()
+
+    def next_attempt(self, proxy: EgressProxy) -> None:
+        """Forget the failed attempt (it sent nothing to the upstream) and go through `proxy`."""
+        self.proxy = proxy
+        self.status = 0
+        self.reason = ""
+        self.headers = []
+        self._last_activity = time.monotonic()
+
+    @property
+    def received_nothing(self) -> bool:
+        return not self.headers_complete and not self._chunks
+
+
+def _failure_of(error: BaseException | None, curl: pycurl.Curl | None) -> CurlFailure:
+    """What libcurl said about a failed transfer, read before tornado resets the handle."""
+    errno = error.errno if isinstance(error, CurlError) else 0
+    message = str(error.message if isinstance(error, CurlError) else error)
+    connect_code = proxy_code = 0
+    if curl is not None:
+        try:
+            connect_code = int(curl.getinfo(pycurl.HTTP_CONNECTCODE))
+            proxy_code = int(curl.getinfo(pycurl.PROXY_ERROR))
+        except pycurl.error:
+            pass
+    return CurlFailure(errno, message or "", connect_code, proxy_code)

@@ -1,0 +1,53 @@
+"""What a request to an upstream is: the route it takes, the request itself, a login's cookie jar.
+
+Values only; the fetcher sends them. A route is how one upstream is reached: its origin, the egress
+proxies tried in order, and the client profile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pycurl
+
+from tornadoproxy.egress import EgressProxy
+from tornadoproxy.profiles import ClientProfile
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRoute:
+    """How requests to one upstream leave the host: its origin, egress proxies (tried in order;
+    `(DIRECT,)` for none) and client profile."""
+
+    name: str
+    origin: str
+    proxies: tuple[EgressProxy, ...]
+    profile: ClientProfile
+
+
+class CookieJar:
+    """One login's cookies, kept by libcurl's own cookie engine in a share of the cookie data.
+
+    libcurl treats loopback as a secure context (RFC 6265bis), so `Secure` and `__Host-` cookies work
+    against the plain-http simulator as against the real https hosts; Python's http.cookiejar does
+    not. A jar is never shared between logins and never attached to relayed requests."""
+
+    __slots__ = ("share",)
+
+    def __init__(self) -> None:
+        self.share = pycurl.CurlShare()
+        self.share.setopt(pycurl.SH_SHARE, pycurl.LOCK_DATA_COOKIE)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """One request to send; `headers` are the client's headers to merge into the profile.
+    `cookies` is the login's jar (None for every relayed request: no cookie engine at all)."""
+
+    upstream: str
+    method: str
+    url: str
+    headers: Sequence[tuple[str, str]] = ()
+    body: bytes | None = None
+    cookies: CookieJar | None = None
