@@ -32,6 +32,7 @@ LAYERS: dict[str, float] = {
     "limits": 1,
     "metrics": 2,
     "upstream": 2,
+    "curl_client": 2,
     "gate": 2.5,
     "exchange": 2.5,
     "curl_errors": 2,
@@ -65,7 +66,7 @@ FORBIDDEN_THIRD_PARTY: dict[float, set[str]] = {
 }
 ONLY_HERE = {
     "yaml": {"config"},
-    "pycurl": {"fetcher", "exchange", "upstream", "egress", "profiles", "metrics"},
+    "pycurl": {"fetcher", "curl_client", "exchange", "upstream", "egress", "profiles", "metrics"},
     "redis": {"tokenstore"},
     "cryptography": {"sealing"},
 }

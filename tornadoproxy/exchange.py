@@ -14,8 +14,6 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 import pycurl
-from tornado.curl_httpclient import CurlError
-from tornado.httpclient import HTTPResponse
 from tornado.ioloop import IOLoop
 
 from tornadoproxy.curl_errors import CurlFailure
@@ -206,11 +204,10 @@ class Exchange:
             except pycurl.error:
                 pass  # the transfer failed while paused; on_finished reports it
 
-    def on_finished(self, response: HTTPResponse) -> None:
-        # A non-2xx answer is data: only a CurlError (code 599) is a transport failure.
-        failed = isinstance(response.error, CurlError)
-        failure = _failure_of(response.error, self._curl) if failed else None
-        self._curl = None  # tornado resets and reuses the handle from now on
+    def on_ended(self, curl: pycurl.Curl, errno: int, message: str) -> None:
+        """libcurl is done with this attempt (errno 0: completed; a non-2xx answer is data)."""
+        failure = _failure_of(curl, errno, message) if errno else None
+        self._curl = None  # the handle is reset and reused from now on
         self._paused = False
         if self._owner.transfer_ended(self, failure if self.aborted_reason is None else None):
             return  # sent again: through the next egress proxy, or after a failed connect
@@ -235,15 +232,12 @@ class Exchange:
         return not self.headers_complete and not self._chunks
 
 
-def _failure_of(error: BaseException | None, curl: pycurl.Curl | None) -> CurlFailure:
-    """What libcurl said about a failed transfer, read before tornado resets the handle."""
-    errno = error.errno if isinstance(error, CurlError) else 0
-    message = str(error.message if isinstance(error, CurlError) else error)
+def _failure_of(curl: pycurl.Curl, errno: int, message: str) -> CurlFailure:
+    """What libcurl said about a failed transfer, read before the handle is reset."""
     connect_code = proxy_code = 0
-    if curl is not None:
-        try:
-            connect_code = int(curl.getinfo(pycurl.HTTP_CONNECTCODE))
-            proxy_code = int(curl.getinfo(pycurl.PROXY_ERROR))
-        except pycurl.error:
-            pass
-    return CurlFailure(errno, message or "", connect_code, proxy_code)
+    try:
+        connect_code = int(curl.getinfo(pycurl.HTTP_CONNECTCODE))
+        proxy_code = int(curl.getinfo(pycurl.PROXY_ERROR))
+    except pycurl.error:
+        pass
+    return CurlFailure(errno, message, connect_code, proxy_code)

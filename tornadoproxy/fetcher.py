@@ -18,11 +18,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pycurl
-from tornado.curl_httpclient import CurlAsyncHTTPClient
-from tornado.httpclient import HTTPRequest
 from tornado.ioloop import IOLoop
 
 from tornadoproxy.config import FetchConfig
+from tornadoproxy.curl_client import CurlClient
 from tornadoproxy.curl_errors import CurlFailure, before_upstream, classify_failure
 from tornadoproxy.egress import EgressProxy
 from tornadoproxy.egress_pool import EgressPools
@@ -41,6 +40,7 @@ MAX_ATTEMPTS = 3
 # A retry waits a random delay in this range (seconds) times the attempt number, so that requests
 # that failed together do not all come back at the same moment.
 _RETRY_JITTER = (0.02, 0.1)
+_HTTP_ONLY = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 # Curl handles beyond the gate's capacity, for the gateway's own requests (readiness probes): they
 # never take a client's slot, and a full gate does not blind the probes.
 _RESERVED_HANDLES = 8
@@ -63,9 +63,7 @@ class Fetcher:
         }
         self.reconfigure(config, routes)
         # force_instance: never the shared per-IOLoop singleton, whose max_clients is fixed at 10.
-        self._client = CurlAsyncHTTPClient(
-            force_instance=True, max_clients=config.max_clients + _RESERVED_HANDLES, max_body_size=1 << 62
-        )
+        self._client = CurlClient(force_instance=True, max_clients=config.max_clients + _RESERVED_HANDLES)
         self._gate = Gate(config.max_clients, config.queue_timeout, metrics)
         self._open: set[Exchange] = set()
 
@@ -107,13 +105,20 @@ class Fetcher:
             self._proxy_options[exchange.proxy] + self._profile_options[route.name] + self._trust_options
         )
         header_lines = route.profile.header_lines(request.headers, route.origin)
+        connect_ms = int(self.config.connect_timeout * 1000)
         idle = self.config.idle_timeout
+        method = request.method
+        body = request.body if method not in ("GET", "HEAD") else None
         cookies = request.cookies
 
-        def prepare(curl: pycurl.Curl) -> None:
+        def setup(curl: pycurl.Curl) -> None:
+            curl.setopt(pycurl.URL, request.url)
+            curl.setopt(pycurl.PROTOCOLS, _HTTP_ONLY)
             for option, value in options:
                 curl.setopt(option, value)
             curl.setopt(pycurl.HTTPHEADER, header_lines)
+            _set_method(curl, method, body)
+            curl.setopt(pycurl.CONNECTTIMEOUT_MS, connect_ms)
             curl.setopt(pycurl.NOSIGNAL, 1)
             curl.setopt(pycurl.TCP_NODELAY, 1)
             curl.setopt(pycurl.TCP_KEEPALIVE, 1)
@@ -123,11 +128,9 @@ class Fetcher:
             # abort even while the upstream is silent; they are also a backstop for our idle timer.
             curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
             curl.setopt(pycurl.LOW_SPEED_TIME, idle)
-            # Our own header and body callbacks replace tornado's: tornado queues every header line
-            # and body chunk as an IOLoop callback and can deliver the last body bytes before the
-            # headers; ours run in libcurl's order, cost no callback, and pause the transfer when
-            # the client falls behind. They only record data and wake the reader: nothing in them
-            # re-enters the client or raises.
+            # The exchange's own header and body callbacks: they run in libcurl's order, cost no
+            # IOLoop callback, and pause the transfer when the client falls behind. They only
+            # record data and wake the reader: nothing in them re-enters the client or raises.
             curl.setopt(pycurl.HEADERFUNCTION, exchange.on_header)
             curl.setopt(pycurl.WRITEFUNCTION, exchange.on_write)
             # curl_easy_reset keeps a handle's shares and cookies: a handle that served a login would
@@ -139,24 +142,7 @@ class Fetcher:
                 curl.setopt(pycurl.COOKIEFILE, "")  # "" turns the cookie engine on without reading a file
             exchange.on_curl_ready(curl)
 
-        body = request.body if request.method not in ("GET", "HEAD") else None
-        http_request = HTTPRequest(
-            request.url,
-            method=request.method,
-            body=body,
-            connect_timeout=self.config.connect_timeout,
-            request_timeout=0,  # never a total timeout: streams last as long as the answer
-            follow_redirects=False,
-            max_redirects=0,
-            decompress_response=False,
-            allow_nonstandard_methods=True,
-            validate_cert=True,
-            proxy_password="",
-            prepare_curl_callback=prepare,
-        )
-        # fetch_impl is the client's documented implementation hook; calling it directly gives us
-        # the raw HTTPResponse (with curl's errno) and spares a Future per request.
-        self._client.fetch_impl(http_request, exchange.on_finished)
+        self._client.start(setup, exchange.on_ended)
 
     async def fetch(self, request: UpstreamRequest, gated: bool = True) -> tuple[Exchange, bytes]:
         """Send `request` and read its whole (bounded) body: for logins and probes, not relays."""
@@ -265,6 +251,19 @@ class Fetcher:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _set_method(curl: pycurl.Curl, method: str, body: bytes | None) -> None:
+    """The request line's method and the body, whatever the method (a body is sent as given)."""
+    if method == "HEAD":
+        curl.setopt(pycurl.NOBODY, 1)
+    elif body is None:
+        curl.setopt(pycurl.HTTPGET, 1)
+    else:
+        curl.setopt(pycurl.POSTFIELDSIZE_LARGE, len(body))
+        curl.setopt(pycurl.POSTFIELDS, body)
+    if method not in ("GET", "HEAD", "POST"):
+        curl.setopt(pycurl.CUSTOMREQUEST, method)
 
 
 def _all_proxies_failed(

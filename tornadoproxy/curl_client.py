@@ -1,0 +1,75 @@
+"""tornado's libcurl client, keeping its multi-socket integration and replacing its per-request work.
+
+`CurlAsyncHTTPClient` drives libcurl's multi interface from the IOLoop (sockets, timers, a pool of
+reusable handles); that part is kept as it is. Around each transfer it also does generic work the
+gateway pays for on every request and never uses: an HTTPRequest and an HTTPResponse, a header
+dict, a BytesIO, thirty option calls that the gateway overrides anyway, eight getinfo calls for
+timing. `CurlClient.start()` instead takes a `setup` callable that sets every option the transfer
+needs, and reports the end of the transfer to `ended(curl, errno, message)` while the handle is
+still valid (errno 0: the transfer completed). The handle is reset after every transfer, as tornado
+does, and must be fully set up by `setup` every time (shared/PITFALLS.md).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pycurl
+from tornado.curl_httpclient import CurlAsyncHTTPClient
+
+log = logging.getLogger(__name__)
+
+Setup = Callable[[pycurl.Curl], None]
+Ended = Callable[[pycurl.Curl, int, str], None]
+
+
+class CurlClient(CurlAsyncHTTPClient):
+    """Use `start()`; `fetch()` of the base class is not supported on this client."""
+
+    def initialize(self, max_clients: int = 10, **kwargs: Any) -> None:  # type: ignore[override]
+        super().initialize(max_clients=max_clients, **kwargs)
+        self._transfers: collections.deque[tuple[Setup, Ended]] = collections.deque()
+
+    def start(self, setup: Setup, ended: Ended) -> None:
+        """Queue a transfer; it starts as soon as a handle is free (immediately, normally)."""
+        self._transfers.append((setup, ended))
+        self._process_queue()
+        self._set_timeout(0)
+
+    def fetch_impl(self, request: Any, callback: Any) -> None:
+        raise NotImplementedError("CurlClient runs transfers through start()")
+
+    def _process_queue(self) -> None:
+        while self._free_list and self._transfers:
+            curl = self._free_list.pop()
+            setup, ended = self._transfers.popleft()
+            curl.info = ended
+            try:
+                setup(curl)
+            except Exception as error:  # a value libcurl refused: the transfer fails, nothing is sent
+                log.error("a transfer could not be set up: %s", type(error).__name__)
+                curl.info = None
+                try:
+                    ended(curl, -1, f"the transfer could not be set up ({type(error).__name__})")
+                finally:
+                    curl.reset()
+                    self._free_list.append(curl)
+            else:
+                self._multi.add_handle(curl)
+
+    def _finish(
+        self, curl: pycurl.Curl, curl_error: int | None = None, curl_message: str | None = None
+    ) -> None:
+        ended: Ended = curl.info
+        curl.info = None
+        self._multi.remove_handle(curl)
+        try:
+            ended(curl, curl_error or 0, curl_message or "")
+        except Exception:
+            log.exception("a transfer's completion failed")
+        finally:
+            curl.reset()
+            self._free_list.append(curl)
