@@ -7,7 +7,9 @@ dict, a BytesIO, thirty option calls that the gateway overrides anyway, eight ge
 timing. `CurlClient.start()` instead takes a `setup` callable that sets every option the transfer
 needs, and reports the end of the transfer to `ended(curl, errno, message)` while the handle is
 still valid (errno 0: the transfer completed). The handle is reset after every transfer, as tornado
-does, and must be fully set up by `setup` every time (shared/PITFALLS.md).
+does, and must be fully set up by `setup` every time (shared/PITFALLS.md). `cancel()` stops a transfer
+at once by taking its handle out of the multi handle (tornado's client has no way to: a cancelled
+future leaves the transfer running).
 """
 
 from __future__ import annotations
@@ -38,6 +40,14 @@ class CurlClient(CurlAsyncHTTPClient):
         self._transfers.append((setup, ended))
         self._process_queue()
         self._set_timeout(0)
+
+    def cancel(self, curl: pycurl.Curl) -> None:
+        """Stop a transfer now: libcurl closes its connection, `ended` hears errno 42 (aborted).
+        Never called from inside a libcurl callback (the handlers, timers and drain call it)."""
+        if curl.info is None:
+            return  # already ended
+        self._finish(curl, pycurl.E_ABORTED_BY_CALLBACK, "aborted by the gateway")
+        self._process_queue()  # the freed handle may serve a queued transfer
 
     def fetch_impl(self, request: Any, callback: Any) -> None:
         raise NotImplementedError("CurlClient runs transfers through start()")

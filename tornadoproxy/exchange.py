@@ -18,7 +18,7 @@ from tornado.ioloop import IOLoop
 
 from tornadoproxy.curl_errors import CurlFailure
 from tornadoproxy.egress import EgressProxy
-from tornadoproxy.errors import UpstreamError, upstream_timeout
+from tornadoproxy.errors import UpstreamError
 
 if TYPE_CHECKING:
     from tornadoproxy.egress_pool import EgressPools
@@ -36,6 +36,8 @@ class Owner(Protocol):
     egress: EgressPools
 
     def transfer_ended(self, exchange: Exchange, failure: CurlFailure | None) -> bool: ...
+
+    def cancel(self, curl: pycurl.Curl) -> None: ...
 
 
 class Exchange:
@@ -103,14 +105,14 @@ class Exchange:
         return b""
 
     def abort(self, reason: str, error: UpstreamError | None = None) -> None:
-        """Stop the transfer (client gone, shutdown, idle); libcurl notices within about a second.
+        """Stop the transfer at once (client gone, shutdown, idle): its connection is closed.
         With `error`, the consumer sees that error instead of the end of the body."""
         if not self.finished and self.aborted_reason is None:
             self.aborted_reason = reason
             self.error = error
-            if self._paused:
-                self._resume()  # a paused transfer only sees the abort once it runs again
             self._wake()
+            if self._curl is not None:
+                self._owner.cancel(self._curl)
 
     async def _wait(self, timeout: float | None = None) -> None:
         waiter = asyncio.get_running_loop().create_future()
@@ -129,32 +131,12 @@ class Exchange:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def arm_idle_timer(self, idle: float) -> None:
-        """Fail the exchange after `idle` seconds without a byte from the upstream.
+    def idle_for(self, now: float) -> float:
+        """Seconds since the upstream last sent a byte (or since the attempt started)."""
+        return now - self._last_activity
 
-        libcurl's own LOW_SPEED_TIME fires about seven seconds late (its speed is an average over
-        the last five seconds), so the idle timeout is ours: one timer per exchange, re-armed
-        only when it fires, and a timestamp per chunk."""
-
-        def check() -> None:
-            if self.finished or self.aborted_reason is not None:
-                return
-            silent = time.monotonic() - self._last_activity
-            if silent < idle:
-                IOLoop.current().call_later(idle - silent, check)
-                return
-            self._owner.metrics.count_upstream_error(self.route.name, "timeout")
-            message = f"the {self.route.name} upstream sent nothing for {idle:g} s (fetch.idle_timeout)"
-            self.abort("idle_timeout", upstream_timeout(message))
-
-        IOLoop.current().call_later(idle, check)
-
-    # -- the producer side: libcurl's own callbacks (see Fetcher.open) --------------------------
     def on_curl_ready(self, curl: pycurl.Curl) -> None:
         self._curl = curl
-
-    def on_progress(self, _dltotal: int, _dlnow: int, _ultotal: int, _ulnow: int) -> int:
-        return 1 if self.aborted_reason is not None else 0
 
     def on_header(self, raw: bytes) -> None:
         """HEADERFUNCTION: one header line, called by libcurl as it parses them."""

@@ -87,8 +87,8 @@ class Runtime:
         if services.fetcher.in_flight:
             log.info("ending %d requests still open at the drain deadline", services.fetcher.in_flight)
             services.fetcher.abort_all("shutdown")
-            # Aborted streams write their final error event at once; libcurl lets go within a second.
-            await _wait_until(lambda: services.fetcher.in_flight == 0, time.monotonic() + 3)
+        # Ended streams write their final error event; the connections close once those are out.
+        await _wait_until(lambda: services.lifecycle.relays == 0, time.monotonic() + 3)
         for server in self.servers:
             await server.close_all_connections()
 

@@ -19,9 +19,11 @@ from tornadoproxy.tokens import TokenCache
 
 @dataclass(slots=True)
 class Lifecycle:
-    """Process state that handlers read: whether the gateway is draining."""
+    """Process state shared by handlers and the drain: whether the gateway is draining, and how many
+    relays are still writing to their clients."""
 
     draining: bool = False
+    relays: int = 0
 
 
 @dataclass(slots=True)

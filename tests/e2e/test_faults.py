@@ -44,9 +44,9 @@ def open_stream(gw: Gateway, rcvbuf: int | None = None) -> socket.socket:
     return sock
 
 
-def receive_until(sock: socket.socket, marker: bytes, timeout: float = 10) -> bytes:
+def receive_until(sock: socket.socket, marker: bytes, timeout: float = 10, data: bytes = b"") -> bytes:
+    """Everything received (after `data`, what an earlier call returned) up to and including `marker`."""
     sock.settimeout(timeout)
-    data = b""
     while marker not in data:
         chunk = sock.recv(65536)
         if not chunk:
@@ -75,7 +75,7 @@ def test_upstream_reset_midstream_gives_events_so_far_and_an_error(
     sock = open_stream(gw)
     data = receive_until(sock, b"event: error")
     received_first = time.monotonic()
-    data += receive_until(sock, b"0\r\n\r\n", timeout=5)
+    data = receive_until(sock, b"0\r\n\r\n", timeout=5, data=data)
     elapsed = time.monotonic() - received_first
     sock.close()
     body = data.decode(errors="replace")

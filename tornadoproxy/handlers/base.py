@@ -244,6 +244,8 @@ class BaseHandler(RequestHandler):
         self._exchange = exchange
         if self.client_gone:
             exchange.abort("client_gone")
+        lifecycle = self.services.lifecycle
+        lifecycle.relays += 1
         try:
             try:
                 await exchange.wait_headers()
@@ -262,6 +264,7 @@ class BaseHandler(RequestHandler):
             else:
                 await self._relay_body(exchange)
         finally:
+            lifecycle.relays -= 1
             exchange.abort("client_gone" if self.client_gone else "done")
 
     def _start_response(self, exchange: Exchange) -> None:
@@ -336,7 +339,11 @@ class BaseHandler(RequestHandler):
             metrics.count_stream_end(reason)
             self.stream_end = reason
         if not self._finished:
-            self.finish()
+            try:
+                # Awaited, so that a drain closes the connection only once the last event is out.
+                await self.finish()
+            except StreamClosedError:
+                pass
 
     async def _pump_events(self, exchange: Exchange) -> str:
         """Relay whole events as they complete; return why the stream ended."""
