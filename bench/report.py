@@ -212,6 +212,14 @@ def notes(records: list[Record], hold_cap: int) -> list[str]:
             + (", ".join(f"{r['system']} {r['test']} {r['others_cpu']:.2f}" for r in noisy) or "none")
             + "."
         )
+    irq = [r["irq_cpu"] for r in records if r.get("irq_cpu") is not None]
+    steal = [r["steal_cpu"] for r in records if r.get("steal_cpu") is not None]
+    if irq and steal:
+        found.append(
+            f"Interrupt time (mostly the bench's own loopback traffic, not in any process's CPU time): "
+            f"{statistics.median(irq):.2f} CPUs' worth at the median test; hypervisor steal: "
+            f"{statistics.median(steal):.2f} median, {max(steal):.2f} at most."
+        )
     return found
 
 
@@ -285,6 +293,31 @@ def _short(frame: str) -> str:
     return f"{match['name']} ({path})"
 
 
+_COMPONENTS = (
+    ("tornadoproxy/", "gateway code (tornadoproxy/)"),
+    ("bench/", "naive relay code (bench/)"),
+    ("tornado/curl_httpclient", "tornado curl_httpclient"),
+    ("tornado/http1connection", "tornado HTTP/1 server"),
+    ("tornado/httputil", "tornado HTTP/1 server"),
+    ("tornado/iostream", "tornado iostream"),
+    ("tornado/web", "tornado web (RequestHandler)"),
+    ("tornado/routing", "tornado web (RequestHandler)"),
+    ("tornado/", "tornado other (ioloop, gen, platform)"),
+    ("asyncio/", "asyncio event loop"),
+    ("selectors", "asyncio event loop"),
+    ("prometheus_client/", "prometheus_client"),
+    ("logging/", "logging"),
+    ("json/", "json"),
+)
+
+
+def _component(frame: str) -> str:
+    for marker, name in _COMPONENTS:
+        if f"({marker}" in frame or f"/{marker}" in frame:
+            return name
+    return "other (stdlib, <frozen ...>)"
+
+
 def profile_top(raw: str, limit: int = 25) -> str:
     """Top functions of a py-spy `--format raw` profile by own time and by inclusive time."""
     own: Counter[str] = Counter()
@@ -304,7 +337,12 @@ def profile_top(raw: str, limit: int = 25) -> str:
             inclusive[frame] += count
     if not total:
         return "(no samples)\n"
-    out = [f"{total} samples (active CPU only).", "", "| own % | function |", "|---|---|"]
+    by_component: Counter[str] = Counter()
+    for frame, count in own.items():
+        by_component[_component(frame)] += count
+    out = [f"{total} samples (active CPU only).", "", "| own % | component (file of the sampled frame) |"]
+    out += ["|---|---|"] + [f"| {100 * n / total:.1f} | {c} |" for c, n in by_component.most_common()]
+    out += ["", "| own % | function |", "|---|---|"]
     out += [f"| {100 * n / total:.1f} | `{f}` |" for f, n in own.most_common(limit)]
     out += ["", "| inclusive % | function |", "|---|---|"]
     out += [f"| {100 * n / total:.1f} | `{f}` |" for f, n in inclusive.most_common(limit)]
