@@ -13,21 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench import report
 from bench.procs import (
-    CLOCK_TICKS,
+    CpuAccount,
     Proc,
     Processes,
     Sampler,
@@ -157,7 +154,9 @@ class Bench:
     def _record(self, target: Target, rep: int, test: str, action: Any) -> dict[str, Any]:
         time.sleep(1.0)  # let the previous test's connections close
         target.pids = tree(target.pids[0]) if target.pids else []
-        ours = _OurCpu(target, self.upstream)
+        upstream = self.upstream
+        upstream_pids = tree(upstream.pid) if upstream and target.proc is not upstream else []
+        ours = CpuAccount(target.pids, upstream_pids)
         cpu_before = cpu_seconds(target.pids)
         rss_before = rss_kb(target.pids)
         fds_before = open_fds(target.pids)
@@ -228,7 +227,9 @@ class Bench:
             "UPSTREAM_PORT": str(self.upstream.port if self.upstream else 0),
             "WORKERS": str(workers),
             "NOFILE": str(self.nofile),
-            "CONNECTIONS": str(max(1024, self.nofile - 100)),
+            # nginx counts connections in ways descriptors do not (it warned "worker_connections are
+            # not enough" at 19,000 sockets with 19,900): let the descriptor limit be the only one.
+            "CONNECTIONS": str(max(1024, self.nofile + 1000)),
         }
         text = template.read_text()
         for key, value in values.items():
@@ -382,163 +383,3 @@ def _stream_seconds(model: str) -> float:
     if len(parts) == 3 and parts[1].startswith("n") and parts[2].startswith("d"):
         return int(parts[1][1:]) * int(parts[2][1:]) / 1000
     return 1.0
-
-
-def _cpu_busy() -> dict[str, tuple[int, int, int]]:
-    """Per CPU since boot, in USER_HZ jiffies: (user + nice + system, irq + softirq, steal)."""
-    found = {}
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith("cpu") and line[3:4].isdigit():
-            name, *values = line.split()
-            n = [int(v) for v in values[:8]]
-            found[name] = (n[0] + n[1] + n[2], n[5] + n[6], n[7])
-    return found
-
-
-class _OurCpu:
-    """What the machine's CPUs did during one test, and how much of it was not the bench's own
-    processes (the SUT, the upstream, wrk / the SSE client, this script): the noise of a shared box.
-
-    Interrupt time (mostly loopback networking, caused by the bench) and steal (the hypervisor) are
-    reported apart; "others" is user + system time that no process of the bench accounts for."""
-
-    def __init__(self, target: Target, upstream: Proc | None) -> None:
-        self.target = target
-        self.upstream_pids = tree(upstream.pid) if upstream is not None else []
-        self.counts_upstream = upstream is not None and target.proc is not upstream
-        self.busy = _cpu_busy()
-        self.sut = cpu_seconds(target.pids)
-        self.upstream = cpu_seconds(self.upstream_pids)
-        self.mine = _rusage_seconds(resource.RUSAGE_SELF) + _rusage_seconds(resource.RUSAGE_CHILDREN)
-
-    def shares(self, wall: float) -> dict[str, Any]:
-        """Busy share of each CPU, and CPUs' worth of others' time, interrupts and steal, over `wall`."""
-        wall = max(wall, 1e-6)
-        now = _cpu_busy()
-        delta = {
-            name: [
-                (a - b) / CLOCK_TICKS for a, b in zip(now[name], self.busy.get(name, now[name]), strict=True)
-            ]
-            for name in now
-        }
-        ours = cpu_seconds(self.target.pids) - self.sut
-        if self.counts_upstream:
-            ours += cpu_seconds(self.upstream_pids) - self.upstream
-        ours += _rusage_seconds(resource.RUSAGE_SELF) + _rusage_seconds(resource.RUSAGE_CHILDREN) - self.mine
-        user_system = sum(d[0] for d in delta.values())
-        return {
-            "cpu_busy": {name: round(sum(d) / wall, 3) for name, d in delta.items()},
-            "others_cpu": round(max(0.0, user_system - ours) / wall, 3),
-            "irq_cpu": round(sum(d[1] for d in delta.values()) / wall, 3),
-            "steal_cpu": round(sum(d[2] for d in delta.values()) / wall, 3),
-        }
-
-
-def _rusage_seconds(who: int) -> float:
-    usage = resource.getrusage(who)
-    return usage.ru_utime + usage.ru_stime
-
-
-def machine_facts(python: str) -> dict[str, Any]:
-    def version(argv: list[str]) -> str:
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        except OSError:
-            return "missing"
-        return (done.stdout + done.stderr).strip().splitlines()[0] if (done.stdout + done.stderr) else "?"
-
-    code = (
-        "import tornado, pycurl, sys; from tornadoproxy import __version__ as v; "
-        "print(f'tornadoproxy {v}, Python {sys.version.split()[0]}, tornado {tornado.version}, "
-        '{" ".join(pycurl.version.split()[:2])}\')'
-    )
-    return {
-        "cpus": os.cpu_count(),
-        "kernel": platform.release(),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
-        "somaxconn": Path("/proc/sys/net/core/somaxconn").read_text().strip(),
-        "nginx": version(["nginx", "-v"]),
-        "wrk": " ".join(version(["wrk", "-v"]).split()[:2]),
-        "gateway_stack": version([python, "-c", code]),
-        "git": version(["git", "-C", str(ROOT), "describe", "--always", "--dirty"]),
-    }
-
-
-def rewrite_summary(folder: Path) -> int:
-    """Rebuild summary.md from a results folder's raw.jsonl and args.json (no process is started)."""
-    saved = json.loads((folder / "args.json").read_text())
-    records = [json.loads(line) for line in (folder / "raw.jsonl").read_text().splitlines() if line]
-    settings = Settings(**saved["settings"])
-    nofile = saved["machine"]["nofile"][1]
-    text = report.summary(records, settings, saved["machine"], hold_cap(nofile), saved["argv"])
-    (folder / "summary.md").write_text(text)
-    print(text)
-    return 0
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smoke run, about 2 minutes")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"subset of {','.join(SYSTEMS)}")
-    parser.add_argument("--reps", type=int, help="repetitions (tables show medians)")
-    parser.add_argument("--workers", type=int, choices=(1, 2), default=1, help="2: SUTs on cpus 0,1")
-    parser.add_argument("--hold-c", type=int, help="streams held at once in the hold test (<= 10000)")
-    parser.add_argument("--wrk-seconds", type=int, help="duration of the 64-connection wrk test")
-    parser.add_argument("--profile", action="store_true", help="also py-spy the gateway and naive relay")
-    parser.add_argument("--py-spy", default="py-spy", help="py-spy executable (a throwaway venv's)")
-    parser.add_argument("--profile-seconds", type=int, default=15)
-    parser.add_argument("--soak", type=int, default=0, help="soak the gateway for this many seconds")
-    parser.add_argument("--out", type=Path, help="results folder (default bench/results/<timestamp>)")
-    parser.add_argument(
-        "--report", type=Path, metavar="DIR", help="only rewrite DIR/summary.md from raw.jsonl"
-    )
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    # SIGTERM ends the run like Ctrl-C: the `finally` below stops every process the bench started.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if args.report:
-        return rewrite_summary(args.report)
-    settings = QUICK if args.quick else FULL
-    settings = replace(
-        settings,
-        reps=args.reps or settings.reps,
-        workers=args.workers,
-        hold_c=min(args.hold_c or settings.hold_c, 10000),
-        wrk_s=args.wrk_seconds or settings.wrk_s,
-    )
-    systems = [s for s in args.systems.split(",") if s]
-    unknown = set(systems) - set(SYSTEMS)
-    if unknown:
-        print(f"unknown systems: {', '.join(sorted(unknown))}", file=sys.stderr)
-        return 2
-    label = time.strftime("%Y%m%d-%H%M%S") + f"-{settings.mode}" + ("-soak" if args.soak else "")
-    out = args.out or BENCH / "results" / label
-    out.mkdir(parents=True, exist_ok=True)
-    bench = Bench(settings, out, args)
-    facts = machine_facts(bench.python)
-    (out / "args.json").write_text(
-        json.dumps({"argv": argv, "settings": asdict(settings), "machine": facts}, indent=2)
-    )
-    try:
-        if args.soak:
-            from bench.soak import soak
-
-            soak(bench, min(args.soak, 3600))
-        else:
-            bench.run(systems)
-    finally:
-        bench.procs.stop_all()
-    if not args.soak:
-        summary = report.summary(bench.records, settings, facts, bench.hold_cap(), argv)
-        (out / "summary.md").write_text(summary)
-        print(summary)
-    print(f"results in {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -8,6 +8,7 @@ SIGINT/SIGTERM and at exit) can end each of them by its own process group id, an
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -197,3 +199,57 @@ class Sampler:
             ticks += 1
             if ticks % 5 == 0:
                 self.peak_fds = max(self.peak_fds, open_fds(self.pids))
+
+
+# -- what the CPUs did during a test ------------------------------------------------------------
+def _cpu_busy() -> dict[str, tuple[int, int, int]]:
+    """Per CPU since boot, in USER_HZ jiffies: (user + nice + system, irq + softirq, steal)."""
+    found = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3:4].isdigit():
+            name, *values = line.split()
+            n = [int(v) for v in values[:8]]
+            found[name] = (n[0] + n[1] + n[2], n[5] + n[6], n[7])
+    return found
+
+
+class CpuAccount:
+    """What the machine's CPUs did during one test, and how much of it was not the bench's own
+    processes (the SUT, the upstream, wrk / the SSE client, this script): the noise of a shared box.
+
+    Interrupt time (mostly loopback networking, caused by the bench) and steal (the hypervisor) are
+    reported apart; "others" is user + system time that no process of the bench accounts for."""
+
+    def __init__(self, sut_pids: Sequence[int], upstream_pids: Sequence[int]) -> None:
+        """`upstream_pids`: the upstream's tree when it is not itself the system under test."""
+        self.sut_pids = list(sut_pids)
+        self.upstream_pids = list(upstream_pids)
+        self.busy = _cpu_busy()
+        self.sut = cpu_seconds(self.sut_pids)
+        self.upstream = cpu_seconds(self.upstream_pids)
+        self.mine = _rusage_seconds(resource.RUSAGE_SELF) + _rusage_seconds(resource.RUSAGE_CHILDREN)
+
+    def shares(self, wall: float) -> dict[str, Any]:
+        """Busy share of each CPU, and CPUs' worth of others' time, interrupts and steal, over `wall`."""
+        wall = max(wall, 1e-6)
+        now = _cpu_busy()
+        delta = {
+            name: [
+                (a - b) / CLOCK_TICKS for a, b in zip(now[name], self.busy.get(name, now[name]), strict=True)
+            ]
+            for name in now
+        }
+        ours = cpu_seconds(self.sut_pids) - self.sut + cpu_seconds(self.upstream_pids) - self.upstream
+        ours += _rusage_seconds(resource.RUSAGE_SELF) + _rusage_seconds(resource.RUSAGE_CHILDREN) - self.mine
+        user_system = sum(d[0] for d in delta.values())
+        return {
+            "cpu_busy": {name: round(sum(d) / wall, 3) for name, d in delta.items()},
+            "others_cpu": round(max(0.0, user_system - ours) / wall, 3),
+            "irq_cpu": round(sum(d[1] for d in delta.values()) / wall, 3),
+            "steal_cpu": round(sum(d[2] for d in delta.values()) / wall, 3),
+        }
+
+
+def _rusage_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime

@@ -78,4 +78,12 @@ def soak_report(samples: list[dict[str, Any]], requests: int, streams: int, seco
             f"(peak {peak / 1024:.1f}), {(last['rss_kb'] - first['rss_kb']) / 1024 / span_min:+.2f} MB per "
             f"minute; open fds {first['fds']} -> {last['fds']}.",
         ]
+        tail = samples[len(samples) * 2 // 3 :]
+        if len(tail) >= 2:
+            span = max((tail[-1]["t_s"] - tail[0]["t_s"]) / 60, 1e-9)
+            growth = (tail[-1]["rss_kb"] - tail[0]["rss_kb"]) / 1024
+            lines.append(
+                f"Last third of the run: RSS {tail[0]['rss_kb'] / 1024:.1f} -> "
+                f"{tail[-1]['rss_kb'] / 1024:.1f} MB ({growth / span:+.2f} MB per minute)."
+            )
     return "\n".join(lines) + "\n"
