@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import tempfile
 import time
@@ -357,6 +358,12 @@ class Bench:
                 self._log(f"profile of {system} under wrk -c{self.settings.conns}:\n{top}")
             finally:
                 self.procs.stop(target.proc)
+
+    def clean_up(self) -> None:
+        """Keep nginx's error logs with the results, then remove the scratch folder."""
+        for log in self.run_dir.glob("*-error.log"):
+            shutil.copy(log, self.out / "logs" / log.name)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _log(self, message: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {message}"

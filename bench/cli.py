@@ -117,6 +117,7 @@ def main(argv: list[str]) -> int:
             bench.run(systems)
     finally:
         bench.procs.stop_all()
+        bench.clean_up()
     if not args.soak:
         summary = report.summary(bench.records, settings, facts, bench.hold_cap(), argv)
         (out / "summary.md").write_text(summary)
