@@ -1,0 +1,1 @@
+"""The tornadoproxy benchmark (not a test): run it with ./bench/run; see bench/README.md."""
