@@ -32,7 +32,10 @@ class CurlClient(CurlAsyncHTTPClient):
     """Use `start()`; `fetch()` of the base class is not supported on this client."""
 
     def initialize(self, max_clients: int = 10, **kwargs: Any) -> None:  # type: ignore[override]
-        super().initialize(max_clients=max_clients, **kwargs)
+        # tornado creates every handle up front (20,000 handles are ~100 MB before the first
+        # request); they are created here as transfers need them, up to max_clients.
+        super().initialize(max_clients=1, **kwargs)
+        self._capacity = max_clients
         self._transfers: collections.deque[tuple[Setup, Ended]] = collections.deque()
 
     def start(self, setup: Setup, ended: Ended) -> None:
@@ -53,8 +56,12 @@ class CurlClient(CurlAsyncHTTPClient):
         raise NotImplementedError("CurlClient runs transfers through start()")
 
     def _process_queue(self) -> None:
-        while self._free_list and self._transfers:
-            curl = self._free_list.pop()
+        while self._transfers and (self._free_list or len(self._curls) < self._capacity):
+            if not self._free_list:
+                curl = self._curl_create()
+                self._curls.append(curl)
+            else:
+                curl = self._free_list.pop()
             setup, ended = self._transfers.popleft()
             curl.info = ended
             try:

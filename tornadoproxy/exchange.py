@@ -9,7 +9,6 @@ What to do when a transfer ends (classify, fail over, release the gate slot) is 
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 from typing import TYPE_CHECKING, Protocol
 
@@ -67,7 +66,7 @@ class Exchange:
         self._last_activity = self.started_at
         self._owner = owner
         self._curl: pycurl.Curl | None = None
-        self._chunks: collections.deque[bytes] = collections.deque()
+        self._chunks: list[bytes] = []  # a list, not a deque: 56 bytes against 600 per open stream
         self._buffered = 0
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
@@ -93,7 +92,7 @@ class Exchange:
             return None
         if self._chunks:
             data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
-            self._chunks.clear()
+            self._chunks = []
             self._buffered = 0
             if self._paused:
                 self._resume()

@@ -42,6 +42,7 @@ MAX_ATTEMPTS = 3
 # that failed together do not all come back at the same moment.
 _RETRY_JITTER = (0.02, 0.1)
 _HTTP_ONLY = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
+_SEND_BUFFER = 16 * 1024  # libcurl's minimum
 # Curl handles beyond the gate's capacity, for the gateway's own requests (readiness probes): they
 # never take a client's slot, and a full gate does not blind the probes.
 _RESERVED_HANDLES = 8
@@ -119,6 +120,9 @@ class Fetcher:
             curl.setopt(pycurl.HTTPHEADER, header_lines)
             _set_method(curl, method, body)
             curl.setopt(pycurl.CONNECTTIMEOUT_MS, connect_ms)
+            # libcurl keeps its send buffer (64 KiB by default) until the transfer ends: for a
+            # stream that is 64 KiB per open stream for a request of a few hundred bytes.
+            curl.setopt(pycurl.UPLOAD_BUFFERSIZE, _SEND_BUFFER)
             curl.setopt(pycurl.NOSIGNAL, 1)
             curl.setopt(pycurl.TCP_NODELAY, 1)
             curl.setopt(pycurl.TCP_KEEPALIVE, 1)

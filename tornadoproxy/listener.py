@@ -2,13 +2,14 @@
 
 Tornado answers a malformed HTTP message (bad request line, header syntax, lengths, chunked encoding)
 with a bare `400 Bad Request` and no body, and closes a connection whose header block outgrows
-`max_header_size` without a word. Both are gateway answers, so both get the one JSON error shape:
-each connection's stream has its write and close wrapped (once per connection, not per request).
+`max_header_size` without a word. Both are gateway answers, so both get the one JSON error shape, from
+an IOStream subclass given to each accepted connection.
 """
 
 from __future__ import annotations
 
 import socket
+from asyncio import Future
 from typing import Any
 
 from tornado.httpserver import HTTPServer
@@ -44,29 +45,27 @@ HEADERS_TOO_LARGE = _response(
 
 class GatewayHTTPServer(HTTPServer):
     def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
-        _answer_protocol_errors_in_json(stream)
+        # A class swap rather than wrapped methods: no closures kept per connection.
+        stream.__class__ = _JsonErrorIOStream
         super().handle_stream(stream, address)
 
 
-def _answer_protocol_errors_in_json(stream: IOStream) -> None:
-    write = stream.write
-    close = stream.close
-    answered = False
+class _JsonErrorIOStream(IOStream):
+    """An IOStream whose protocol-level refusals are the gateway's JSON errors."""
 
-    def json_write(data: bytes | memoryview) -> Any:
-        nonlocal answered
-        answered = True
-        return write(MALFORMED if data == _TORNADO_BAD_REQUEST else data)
+    def write(self, data: bytes | memoryview) -> Future[None]:
+        return super().write(MALFORMED if data == _TORNADO_BAD_REQUEST else data)
 
-    def json_close(exc_info: Any = False) -> None:
+    def close(self, exc_info: Any = False) -> None:
         error = exc_info[1] if isinstance(exc_info, tuple) else exc_info
-        if isinstance(error, UnsatisfiableReadError) and not answered and stream.socket is not None:
+        if (
+            isinstance(error, UnsatisfiableReadError)
+            and self.socket is not None
+            and not self._total_write_index
+        ):
             # The stream is about to close on its own: a best-effort answer straight to the socket.
             try:
-                stream.socket.send(HEADERS_TOO_LARGE, socket.MSG_DONTWAIT)
+                self.socket.send(HEADERS_TOO_LARGE, socket.MSG_DONTWAIT)
             except OSError:
                 pass
-        close(exc_info)
-
-    stream.write = json_write  # type: ignore[method-assign]
-    stream.close = json_close  # type: ignore[method-assign]
+        super().close(exc_info)
