@@ -12,7 +12,6 @@ from tornadoproxy.handlers import chatgpt, logins, ops, platform
 from tornadoproxy.handlers.base import RELAY_METHODS, BaseHandler
 from tornadoproxy.handlers.ops import NotFoundHandler
 from tornadoproxy.handlers.routing import Route, route_specs
-from tornadoproxy.logs import access_line
 from tornadoproxy.services import Services
 
 _KNOWN_METHODS = frozenset(RELAY_METHODS + ("OPTIONS",))
@@ -57,7 +56,7 @@ def _record(services: Services, handler: RequestHandler) -> None:
     method = handler.request.method if handler.request.method in _KNOWN_METHODS else "other"
     route = getattr(handler, "route", "(unmatched)")
     services.metrics.observe_request(route, method or "other", status, seconds)
-    if not services.config.logging.access_log:
+    if not services.access_log.enabled:
         return
     fields: dict[str, object] = {
         "route": route,
@@ -72,4 +71,4 @@ def _record(services: Services, handler: RequestHandler) -> None:
         fields["stream"] = handler.streamed
         if handler.stream_end is not None:
             fields["stream_end"] = handler.stream_end
-    access_line(fields)
+    services.access_log.write(fields)

@@ -14,6 +14,7 @@ future leaves the transfer running).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 from collections.abc import Callable
@@ -34,6 +35,7 @@ class CurlClient(CurlAsyncHTTPClient):
     def initialize(self, max_clients: int = 10, **kwargs: Any) -> None:  # type: ignore[override]
         # tornado creates every handle up front (20,000 handles are ~100 MB before the first
         # request); they are created here as transfers need them, up to max_clients.
+        self._loop = asyncio.get_running_loop()  # before super(): it already triggers the timer
         super().initialize(max_clients=1, **kwargs)
         self._capacity = max_clients
         self._transfers: collections.deque[tuple[Setup, Ended]] = collections.deque()
@@ -41,8 +43,7 @@ class CurlClient(CurlAsyncHTTPClient):
     def start(self, setup: Setup, ended: Ended) -> None:
         """Queue a transfer; it starts as soon as a handle is free (immediately, normally)."""
         self._transfers.append((setup, ended))
-        self._process_queue()
-        self._set_timeout(0)
+        self._process_queue()  # adding a handle makes libcurl ask for a timeout of 0 itself
 
     def cancel(self, curl: pycurl.Curl) -> None:
         """Stop a transfer now: libcurl closes its connection, `ended` hears errno 42 (aborted).
@@ -51,6 +52,15 @@ class CurlClient(CurlAsyncHTTPClient):
             return  # already ended
         self._finish(curl, pycurl.E_ABORTED_BY_CALLBACK, "aborted by the gateway")
         self._process_queue()  # the freed handle may serve a queued transfer
+
+    def _set_timeout(self, msecs: int) -> None:
+        """libcurl's TIMERFUNCTION: one timer, on the asyncio loop directly. -1 means "no timer"
+        (tornado would run it at once); libcurl calls this for every transfer it starts."""
+        if self._timeout is not None:
+            self._timeout.cancel()  # type: ignore[attr-defined]
+            self._timeout = None
+        if msecs >= 0:
+            self._timeout = self._loop.call_later(msecs / 1000.0, self._handle_timeout)
 
     def fetch_impl(self, request: Any, callback: Any) -> None:
         raise NotImplementedError("CurlClient runs transfers through start()")

@@ -26,8 +26,24 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@]+@"), r"\1" + MASK + "@"),
 )
 
-# One pass that finds nothing is the common case: check with the union before substituting.
-_ANY = re.compile("|".join(f"(?:{p.pattern.replace('(?i)', '')})" for p, _ in _PATTERNS), re.I)
+# Most lines hold nothing secret: a few substring tests (of the lowered text) decide whether the
+# patterns need to run at all. A regex union of the patterns took 100 µs on an access line.
+_TRIGGERS = (
+    "bearer",
+    "basic",
+    "sk-",
+    "sess-",
+    "rk-",
+    "eyj",
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "key",
+    "authorization",
+    "cookie",
+    "@",
+)
 
 
 class Secret:
@@ -61,7 +77,11 @@ def scrub(text: str, literals: frozenset[str] = frozenset()) -> str:
     for literal in literals:
         if literal and literal in text:
             text = text.replace(literal, MASK)
-    if not _ANY.search(text):
+    lowered = text.lower()
+    for trigger in _TRIGGERS:
+        if trigger in lowered:
+            break
+    else:
         return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)

@@ -65,6 +65,7 @@ class Runtime:
             if _value(old, key) != _value(config, key):
                 log.warning("%s changed: this takes effect at the next restart", key)
         configure_logging(config.logging, secrets)
+        self.services.access_log.configure(config.logging, secrets)
         self.services.config = config
         self.services.access = access_policy(config)
         self.services.fetcher.reconfigure(config.fetch, routes)

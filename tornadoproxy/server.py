@@ -24,7 +24,7 @@ from tornadoproxy.egress_pool import EgressPools
 from tornadoproxy.fetcher import Fetcher
 from tornadoproxy.listener import GatewayHTTPServer
 from tornadoproxy.logins import Logins
-from tornadoproxy.logs import configure_logging
+from tornadoproxy.logs import AccessLog, configure_logging
 from tornadoproxy.metrics import Metrics
 from tornadoproxy.readiness import Readiness
 from tornadoproxy.runtime import Loader, Runtime, access_policy, connection_body_limit
@@ -52,13 +52,14 @@ def main(config_path: str | None, environ: Mapping[str, str]) -> int:
     except OSError as error:
         log.error("cannot listen on the configured address: %s", error.strerror)
         return 1
-    asyncio.run(serve(config, routes, sockets, ops_sockets, lambda: load(config_path, environ)))
+    asyncio.run(serve(config, routes, secrets, sockets, ops_sockets, lambda: load(config_path, environ)))
     return 0
 
 
 async def serve(
     config: Config,
     routes: dict[str, UpstreamRoute],
+    secrets: frozenset[str],
     sockets: list[socket.socket],
     ops_sockets: list[socket.socket],
     reload: Loader,
@@ -70,7 +71,11 @@ async def serve(
     readiness = Readiness(config.readiness, config.upstreams.by_name(), fetcher, metrics)
     logins = Logins(config.logins, config.upstreams, fetcher, metrics)
     tokens = TokenCache(config.tokens, config.logins, build_store(config, metrics), metrics)
-    services = Services(config, access_policy(config), fetcher, metrics, readiness, logins, tokens)
+    access_log = AccessLog()
+    access_log.configure(config.logging, secrets)
+    services = Services(
+        config, access_policy(config), fetcher, metrics, readiness, logins, tokens, access_log
+    )
     servers = [_listen(make_app(services), sockets, config)]
     if ops_sockets:
         servers.append(_listen(make_ops_app(services), ops_sockets, config))

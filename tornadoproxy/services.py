@@ -12,6 +12,7 @@ from tornadoproxy.access import AccessPolicy
 from tornadoproxy.config import Config
 from tornadoproxy.fetcher import Fetcher
 from tornadoproxy.logins import Logins
+from tornadoproxy.logs import AccessLog
 from tornadoproxy.metrics import Metrics
 from tornadoproxy.readiness import Readiness
 from tornadoproxy.tokens import TokenCache
@@ -35,4 +36,5 @@ class Services:
     readiness: Readiness
     logins: Logins
     tokens: TokenCache
+    access_log: AccessLog
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
