@@ -19,9 +19,11 @@ from tornadoproxy.tokens import TokenCache
 
 @dataclass(slots=True)
 class Lifecycle:
-    """Process state that handlers read: whether the gateway is draining."""
+    """Process state that handlers read: whether the gateway is draining, and which worker process
+    this is (None when the gateway runs as one process)."""
 
     draining: bool = False
+    worker: int | None = None
 
 
 @dataclass(slots=True)
