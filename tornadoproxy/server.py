@@ -126,12 +126,15 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, runtime.reload)
+    # A forked worker starts with these blocked (workers.py); now they have handlers.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     log.info("listening on %s:%d", config.server.host, config.server.port)
     if ops_sockets:
         log.info("ops endpoints on %s:%d", config.server.ops_host, config.server.ops_port)
     readiness.start()
     sampler = PeriodicCallback(metrics.sample, SAMPLE_INTERVAL * 1000)
     if shared_dir is not None:
+        metrics.sample()
         sampler.start()
     await stop.wait()
     sampler.stop()

@@ -124,7 +124,9 @@ class Supervisor:
         status = 1
         try:
             if _die_with_parent(self._parent):
-                signal.pthread_sigmask(signal.SIG_SETMASK, set())
+                # SIGTERM, SIGINT and SIGHUP stay blocked (pending, not lost) until the worker's event
+                # loop has its handlers for them: their default action would kill a starting worker.
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
                 status = self._start(number, self._loaded)
             else:
                 status = 0  # the parent died before the worker could ask to be told
