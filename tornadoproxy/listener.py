@@ -4,11 +4,13 @@ Tornado answers a malformed HTTP message (bad request line, header syntax, lengt
 with a bare `400 Bad Request` and no body, and closes a connection whose header block outgrows
 `max_header_size` without a word. Both are gateway answers, so both get the one JSON error shape:
 each connection's stream has its write and close wrapped (once per connection, not per request).
+They never reach a handler, so `refused` (the metrics' gateway error counter) counts them here.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from tornado.httpserver import HTTPServer
@@ -42,13 +44,20 @@ HEADERS_TOO_LARGE = _response(
 )
 
 
+def _uncounted(_code: str) -> None:
+    return None
+
+
 class GatewayHTTPServer(HTTPServer):
+    # Called with the error code of each protocol-level refusal; set by the composition root.
+    refused: Callable[[str], None] = staticmethod(_uncounted)
+
     def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
-        _answer_protocol_errors_in_json(stream)
+        _answer_protocol_errors_in_json(stream, self.refused)
         super().handle_stream(stream, address)
 
 
-def _answer_protocol_errors_in_json(stream: IOStream) -> None:
+def _answer_protocol_errors_in_json(stream: IOStream, refused: Callable[[str], None]) -> None:
     write = stream.write
     close = stream.close
     answered = False
@@ -56,12 +65,16 @@ def _answer_protocol_errors_in_json(stream: IOStream) -> None:
     def json_write(data: bytes | memoryview) -> Any:
         nonlocal answered
         answered = True
-        return write(MALFORMED if data == _TORNADO_BAD_REQUEST else data)
+        if data == _TORNADO_BAD_REQUEST:
+            refused("bad_request")
+            return write(MALFORMED)
+        return write(data)
 
     def json_close(exc_info: Any = False) -> None:
         error = exc_info[1] if isinstance(exc_info, tuple) else exc_info
         if isinstance(error, UnsatisfiableReadError) and not answered and stream.socket is not None:
             # The stream is about to close on its own: a best-effort answer straight to the socket.
+            refused("headers_too_large")
             try:
                 stream.socket.send(HEADERS_TOO_LARGE, socket.MSG_DONTWAIT)
             except OSError:

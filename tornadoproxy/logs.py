@@ -104,7 +104,9 @@ def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
 def _log_unraisable(args: Any) -> None:
     if args.exc_value is not None:
         exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
-        _uncaught.error("exception ignored in %s", type(args.object).__name__, exc_info=exc_info)
+        # The object's qualified name, never its repr (which could show anything it holds).
+        where = getattr(args.object, "__qualname__", type(args.object).__name__)
+        _uncaught.error("exception ignored in %s", where, exc_info=exc_info)
 
 
 def access_line(fields: dict[str, Any]) -> None:

@@ -74,6 +74,7 @@ EGRESS_FAILURE_KINDS = (
 # else is counted as "other", so the label stays bounded whatever a future error is called.
 GATEWAY_ERROR_CODES = (
     "bad_request",
+    "headers_too_large",
     "missing_authorization",
     "gateway_key_required",
     "gateway_key_invalid",

@@ -117,9 +117,9 @@ async def serve(
     tokens = TokenCache(config.tokens, config.logins, build_store(config, metrics), metrics)
     lifecycle = Lifecycle(worker=worker)
     services = Services(config, access_policy(config), fetcher, metrics, readiness, logins, tokens, lifecycle)
-    servers = [_listen(make_app(services), sockets, config)]
+    servers = [_listen(make_app(services), sockets, config, metrics)]
     if ops_sockets:
-        servers.append(_listen(make_ops_app(services), ops_sockets, config))
+        servers.append(_listen(make_ops_app(services), ops_sockets, config, metrics))
     runtime = Runtime(services, servers, reload)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -145,7 +145,9 @@ async def serve(
     log.info("stopped")
 
 
-def _listen(app: Application, sockets: list[socket.socket], config: Config) -> GatewayHTTPServer:
+def _listen(
+    app: Application, sockets: list[socket.socket], config: Config, metrics: Metrics
+) -> GatewayHTTPServer:
     limits = config.server
     server = GatewayHTTPServer(
         app,
@@ -155,5 +157,6 @@ def _listen(app: Application, sockets: list[socket.socket], config: Config) -> G
         max_header_size=limits.max_header_size,
         max_body_size=connection_body_limit(config),
     )
+    server.refused = metrics.count_gateway_error
     server.add_sockets(sockets)
     return server

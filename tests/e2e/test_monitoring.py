@@ -11,8 +11,9 @@ import math
 import os
 import signal
 import socket
+import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from tests.harness import (
     deep_merge,
     free_port,
     metric_value,
+    raw_exchange,
     request,
     streaming,
     wait_for,
@@ -307,3 +309,56 @@ def test_every_dashboard_and_alert_expression_returns_data(stack: Stack, sim: Si
 
     states = wait_for(alert_states, timeout=30, what="every alert to be pending or firing")
     assert sorted(states) == sorted(rule["alert"] for rule in rules)
+
+
+def test_a_single_process_exposition_passes_promtool_and_parses_as_openmetrics(gateway: Gateway) -> None:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    assert request("GET", gateway.url + MODELS, headers=AUTH).status == 200
+    text = gateway.metrics()
+    checked = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "_created" not in text  # one series less per counter and histogram, as with workers
+    answer = request("GET", gateway.url + "/metrics", headers={"Accept": "application/openmetrics-text"})
+    assert (answer.header("Content-Type") or "").startswith("application/openmetrics-text")
+    names = {family.name for family in text_string_to_metric_families(answer.body.decode())}
+    assert {"tornadoproxy_http_requests", "tornadoproxy_build", "process_cpu_seconds"} <= names
+
+
+def test_gateway_errors_are_counted_by_code_and_logged(gateway: Gateway) -> None:
+    def count(code: str) -> float:
+        return metric_value(gateway.metrics(), "tornadoproxy_gateway_errors_total", code=code)
+
+    before = {code: count(code) for code in ("missing_authorization", "bad_request", "not_found")}
+    assert request("GET", gateway.url + MODELS).status == 401
+    assert raw_exchange(gateway.port, b"NOT HTTP AT ALL\r\n\r\n").startswith(b"HTTP/1.1 400")
+    assert request("GET", gateway.url + "/nowhere").status == 404
+    assert {code: count(code) - before[code] for code in before} == {
+        "missing_authorization": 1,
+        "bad_request": 1,
+        "not_found": 1,
+    }
+    refused = [
+        line
+        for line in gateway.log_lines()
+        if line.get("message") == "request" and line.get("error") == "missing_authorization"
+    ]
+    assert refused and refused[-1]["route"] == MODELS and refused[-1]["status"] == 401
+
+
+def test_token_cache_entries_follow_logins_and_evictions(
+    make_gateway: Callable[..., Gateway], sim: Simulator
+) -> None:
+    gw = make_gateway({"tokens": {"kdf_cost": 10}})
+    assert metric_value(gw.metrics(), "tornadoproxy_token_cache_entries") == 0
+    email = f"user+{uuid.uuid4().hex[:8]}@example.com"
+    sim.add_account(email, LOGIN_PASSWORD)
+    answer = request("POST", gw.url + "/platform/login", body={"username": email, "password": LOGIN_PASSWORD})
+    key = answer.json()["user"]["session"]["sensitive_id"]
+    assert metric_value(gw.metrics(), "tornadoproxy_token_cache_entries") == 1
+    sim.script("platform", "/dashboard/billing/credit_grants", {"status": 401, "json": {"error": {}}})
+    path = "/platform/dashboard/billing/credit_grants"
+    assert request("GET", gw.url + path, headers={"Authorization": key}).status == 401
+    exposition = gw.metrics()
+    assert metric_value(exposition, "tornadoproxy_token_cache_entries") == 0
+    assert metric_value(exposition, "tornadoproxy_token_cache_evictions_total", reason="unauthorized") == 1
