@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import base_config
@@ -191,3 +193,44 @@ def test_a_token_file_cannot_be_shared_by_workers(tmp_path: Path, sim: Simulator
     )
     assert started.returncode == 2
     assert started.stderr.startswith("tornadoproxy: configuration error: tokens.store: file cannot be shared")
+
+
+# Run as the systemd unit would, as far as this machine allows: without capabilities and with
+# no_new_privs, the whole file system read-only except a private /tmp, as the user nobody where this
+# checkout's interpreter is readable by nobody (else as uid 0, still without any capability).
+CONFINED = (
+    'mount -t tmpfs -o mode=1777 tmpfs /tmp && cp "$4" /tmp/gw.yaml && chmod 644 /tmp/gw.yaml'
+    " && mount -o remount,bind,ro / && exec setpriv --reuid={user} --regid={user} --clear-groups"
+    ' --no-new-privs --inh-caps=-all --bounding-set=-all "$0" "$1" "$2" "$3" /tmp/gw.yaml'
+)
+
+
+def test_workers_run_without_capabilities_on_a_read_only_system(
+    make_gateway: Callable[..., Gateway], sim: Simulator
+) -> None:
+    if os.geteuid() != 0 or not shutil.which("setpriv") or not shutil.which("unshare"):
+        pytest.skip("needs root, setpriv and unshare to confine the gateway")
+    same = f"import sys, tornadoproxy.server; sys.exit(sys.version_info[:3] != {sys.version_info[:3]})"
+    probe = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", same],
+        cwd=ROOT,
+        capture_output=True,
+    )
+    uid = 65534 if probe.returncode == 0 else 0
+    wrapper = ["unshare", "--mount", "sh", "-c", CONFINED.format(user=uid)]
+    gw = make_gateway({"server": {"workers": 2}}, wrapper=wrapper)
+    assert request("GET", gw.url + "/platform/v1/models", headers=AUTH).status == 200
+    exposition = gw.metrics()
+    assert metric_value(exposition, "tornadoproxy_workers") == 2
+    assert metric_value(exposition, "process_resident_memory_bytes") > 0
+    for pid in [gw.process.pid, *worker_pids(gw.process.pid)]:
+        status = Path(f"/proc/{pid}/status").read_text()
+        assert f"\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n" in status
+        assert "\nCapEff:\t0000000000000000\n" in status and "\nCapBnd:\t0000000000000000\n" in status
+        assert "\nNoNewPrivs:\t1\n" in status
+        mounts = {
+            line.split()[4]: line.split()[5]
+            for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+        }
+        assert mounts["/"].startswith("ro,") and mounts["/tmp"].startswith("rw,")
+    assert gw.stop() == 0
