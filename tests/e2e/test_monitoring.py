@@ -40,6 +40,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"
 SSE = [["Content-Type", "text/event-stream"]]
 STREAM_BODY = json.dumps({"model": "m", "stream": True, "messages": []})
 MODELS = "/platform/v1/models"
+FILES = "/platform/v1/files"
 
 
 def worker_pids(parent: int) -> list[int]:
@@ -116,14 +117,20 @@ def drive_traffic(stack: Stack, sim: Simulator) -> dict[str, int]:
     # Gateway errors, upstream 5xx (over 5% of the traffic), a challenge page and a block page.
     assert request("GET", gw.url + MODELS).status == 401
     assert request("GET", gw.url + "/nowhere").status == 404
+    # Scripted answers go to a route the readiness probes (GET /v1/models, every second) never take.
     failing = math.ceil(counts["models_ok"] / 5)
-    sim.script("platform", "/v1/models", {"status": 500, "json": {"error": {"message": "x"}}}, times=failing)
-    for _ in range(failing):
-        assert request("GET", gw.url + MODELS, headers=AUTH).status == 500
-    sim.script("platform", "/v1/models", pages.challenge(403))
-    assert request("GET", gw.url + MODELS, headers=AUTH).json()["error"]["code"] == "upstream_challenge"
-    sim.script("platform", "/v1/models", pages.block())
-    assert request("GET", gw.url + MODELS, headers=AUTH).json()["error"]["code"] == "upstream_blocked"
+    sim.script("platform", "/v1/files", {"status": 500, "json": {"error": {"message": "x"}}}, times=failing)
+    assert request("GET", gw.url + FILES, headers=AUTH).status == 500
+    # A series is created by its first event: rates count from its first scrape, so the other 500s
+    # come once Prometheus has seen it (as they would in a long-running gateway).
+    five_xx = f'tornadoproxy_http_requests_total{{route="{FILES}",status="5xx"}}'
+    wait_for(lambda: stack.prometheus.query(five_xx), timeout=10, what="the first scrape of the 5xx series")
+    for _ in range(failing - 1):
+        assert request("GET", gw.url + FILES, headers=AUTH).status == 500
+    sim.script("platform", "/v1/files", pages.challenge(403))
+    assert request("GET", gw.url + FILES, headers=AUTH).json()["error"]["code"] == "upstream_challenge"
+    sim.script("platform", "/v1/files", pages.block())
+    assert request("GET", gw.url + FILES, headers=AUTH).json()["error"]["code"] == "upstream_blocked"
     # The chatgpt upstream leaves through a dead egress proxy: every request fails.
     for _ in range(4):
         answer = request("GET", gw.url + "/chatgpt/conversations", headers=AUTH)
@@ -132,7 +139,7 @@ def drive_traffic(stack: Stack, sim: Simulator) -> dict[str, int]:
     sim.script("platform_web", "/", pages.challenge(403), method="GET", times=-1)
     drive_streams(gw, sim)
     drive_logins(gw, sim)
-    fill_the_gate(gw, sim)
+    counts["models_ok"] += fill_the_gate(gw, sim)
     return counts
 
 
@@ -192,9 +199,11 @@ def drive_logins(gw: Gateway, sim: Simulator) -> None:
     assert set(statuses) <= {401, 429} and 429 in statuses, statuses
 
 
-def fill_the_gate(gw: Gateway, sim: Simulator) -> None:
-    """With one upstream slot per worker, held streams fill both; the next request is refused."""
+def fill_the_gate(gw: Gateway, sim: Simulator) -> int:
+    """With one upstream slot per worker, held streams fill both; the next request is refused.
+    Returns how many of the requests sent alongside got through."""
     held: list[Any] = []
+    through = 0
     sim.script(
         "platform",
         "/v1/chat/completions",
@@ -215,9 +224,13 @@ def fill_the_gate(gw: Gateway, sim: Simulator) -> None:
             sock.settimeout(10)
             head = sock.recv(65536)
             assert head.startswith((b"HTTP/1.1 200", b"HTTP/1.1 503")), head
-            if request("GET", gw.url + MODELS, headers=AUTH).status == 503:
+            status = request("GET", gw.url + MODELS, headers=AUTH).status
+            assert status in (200, 503)
+            if status == 503:
                 break
+            through += 1
         assert metric_value(gw.metrics(), "tornadoproxy_gate_rejected_total") >= 1
+        return through
     finally:
         sim.release("held")
         for sock in held:
