@@ -75,7 +75,8 @@ def test_upstream_reset_midstream_gives_events_so_far_and_an_error(
     sock = open_stream(gw)
     data = receive_until(sock, b"event: error")
     received_first = time.monotonic()
-    data += receive_until(sock, b"0\r\n\r\n", timeout=5)
+    if b"0\r\n\r\n" not in data.split(b"event: error", 1)[1]:  # the end may come in the same read
+        data += receive_until(sock, b"0\r\n\r\n", timeout=5)
     elapsed = time.monotonic() - received_first
     sock.close()
     body = data.decode(errors="replace")
