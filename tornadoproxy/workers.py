@@ -92,6 +92,10 @@ class Supervisor:
     def run(self) -> int:
         """Run the workers until they are all gone; return the parent's exit status."""
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        for signum in _SIGNALS:
+            # An inherited SIG_IGN (nohup, some process managers) would discard SIGHUP, or reap the
+            # workers behind our back for SIGCHLD; the workers inherit these dispositions too.
+            signal.signal(signum, signal.SIG_DFL)
         count = self._loaded[0].server.workers
         for number in range(count):
             self._spawn(number)

@@ -99,7 +99,8 @@ def test_workers_share_the_port_and_their_metrics_add_up(
 def test_sigterm_drains_every_worker_and_sighup_reaches_each(
     make_gateway: Callable[..., Gateway], sim: Simulator
 ) -> None:
-    gw = make_gateway({"server": {"workers": 2, "drain_timeout": 10}})
+    # Started under nohup, which leaves SIGHUP ignored: the parent must take it back.
+    gw = make_gateway({"server": {"workers": 2, "drain_timeout": 10}}, wrapper=["nohup"])
     gw.process.send_signal(signal.SIGHUP)
     wait_for(
         lambda: (
@@ -144,10 +145,20 @@ def _refused(port: int) -> bool:
     return False
 
 
+# Execs the gateway with SIGCHLD ignored, as some process managers leave it: the parent must still
+# see its workers die (an ignored SIGCHLD would have the kernel reap them behind its back).
+IGNORING_SIGCHLD = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+]
+
+
 def test_workers_that_keep_dying_stop_the_gateway(
     make_gateway: Callable[..., Gateway], sim: Simulator
 ) -> None:
-    gw = make_gateway({"server": {"workers": 2}})
+    gw = make_gateway({"server": {"workers": 2}}, wrapper=IGNORING_SIGCHLD)
     started = time.monotonic()
     for _ in range(6):  # MAX_RESTARTS deaths within the window are restarted; the sixth stops it all
         if gw.process.poll() is not None:
