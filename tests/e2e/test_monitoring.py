@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import base_config
+from tests.faults import Fault, FaultProxy
 from tests.harness import (
     Gateway,
     RedisServer,
@@ -375,3 +376,57 @@ def test_token_cache_entries_follow_logins_and_evictions(
     exposition = gw.metrics()
     assert metric_value(exposition, "tornadoproxy_token_cache_entries") == 0
     assert metric_value(exposition, "tornadoproxy_token_cache_evictions_total", reason="unauthorized") == 1
+
+
+def test_each_transport_failure_is_counted_under_its_kind(
+    make_gateway: Callable[..., Gateway], sim: Simulator
+) -> None:
+    """Refused, reset before the answer, reset midstream, closed without an answer, silent: each one
+    counted once under its own kind (no readiness probes here to add to the counts)."""
+    host, port = sim.urls["platform"].split("//")[1].split(":")
+    faults = FaultProxy((host, int(port)))
+    try:
+        gw = make_gateway(
+            {
+                "upstreams": {"platform": faults.url, "chatgpt": f"http://127.0.0.1:{free_port()}"},
+                "readiness": {"enabled": False},
+                "fetch": {"idle_timeout": 1},
+            }
+        )
+
+        def errors() -> dict[tuple[str, str], float]:
+            exposition = gw.metrics()
+            return {
+                (upstream, kind): metric_value(
+                    exposition, "tornadoproxy_upstream_errors_total", upstream=upstream, kind=kind
+                )
+                for upstream in ("platform", "chatgpt")
+                for kind in ("unreachable", "reset", "timeout")
+            }
+
+        assert set(errors().values()) == {0}
+        chatgpt = request("GET", gw.url + "/chatgpt/conversations", headers=AUTH)
+        assert chatgpt.status == 502 and chatgpt.json()["error"]["code"] == "upstream_unreachable"
+        for fault, status in ((Fault("reset"), 502), (Fault("close"), 502), (Fault("stall"), 504)):
+            faults.set(fault)
+            assert request("GET", gw.url + MODELS, headers=AUTH).status == status, fault
+        faults.set(Fault("reset", after_bytes=300))
+        sim.script(
+            "platform",
+            "/v1/chat/completions",
+            {
+                "status": 200,
+                "headers": SSE,
+                "chunks": [{"data": "data: 1\n\n"}, {"data": "data: 2\n\n" * 100}],
+            },
+        )
+        with streaming(gw.url + "/platform/v1/chat/completions", headers=AUTH, body=STREAM_BODY) as answer:
+            assert b"event: error" in answer.read()
+        counted = {key: value for key, value in errors().items() if value}
+        assert counted == {
+            ("chatgpt", "unreachable"): 1,
+            ("platform", "reset"): 3,  # before the status line (reset, close) and midstream
+            ("platform", "timeout"): 1,
+        }
+    finally:
+        faults.stop()
