@@ -245,3 +245,27 @@ def test_workers_run_without_capabilities_on_a_read_only_system(
         }
         assert mounts["/"].startswith("ro,") and mounts["/tmp"].startswith("rw,")
     assert gw.stop() == 0
+
+
+def test_as_pid_1_of_its_own_namespace_it_restarts_and_drains(
+    make_gateway: Callable[..., Gateway], sim: Simulator, tmp_path: Path
+) -> None:
+    """As in a container started without an init process: the parent is PID 1, which the kernel
+    spares every signal it has no handler for (the parent has none: it waits for them blocked)."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare for a PID namespace")
+    config = {"server": {"workers": 2, "metrics_dir": str(tmp_path)}}
+    gw = make_gateway(config, wrapper=["unshare", "--pid", "--fork", "--kill-child"])
+    (parent,) = worker_pids(gw.process.pid)  # unshare's child: PID 1 inside
+    namespaced = Path(f"/proc/{parent}/status").read_text().split("\nNSpid:\t")[1].split("\n")[0]
+    assert namespaced.split()[-1] == "1"
+    victim = worker_pids(parent)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: victim not in worker_pids(parent) and len(worker_pids(parent)) == 2,
+        what="the worker to be replaced",
+    )
+    assert request("GET", gw.url + "/platform/v1/models", headers=AUTH).status == 200
+    os.kill(parent, signal.SIGTERM)
+    assert gw.process.wait(20) == 0  # unshare exits with its child's status
+    assert "every worker has exited" in gw.log_text()
