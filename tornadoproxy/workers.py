@@ -208,7 +208,9 @@ class Supervisor:
             try:
                 os.kill(pid, signum)
             except ProcessLookupError:
-                pass  # exited already; its SIGCHLD is pending
+                # Not even a zombie: someone else reaped it, so no SIGCHLD will tell us.
+                self._children.pop(pid, None)
+                forget_worker(pid, self._shared_dir)
 
 
 def _die_with_parent(parent: int) -> bool:
