@@ -10,7 +10,9 @@ WORKDIR /app
 COPY setup.py constraints.txt README.md ./
 COPY tornadoproxy ./tornadoproxy
 RUN pip install --no-cache-dir -c constraints.txt . \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin tornadoproxy
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin tornadoproxy \
+    && install -d -m 0700 -o tornadoproxy -g tornadoproxy /var/lib/tornadoproxy
+# /var/lib/tornadoproxy: for tokens.store file; a named volume mounted there inherits owner and mode.
 COPY conf/tornadoproxy.yaml /etc/tornadoproxy/tornadoproxy.yaml
 
 USER tornadoproxy

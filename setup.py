@@ -24,6 +24,8 @@ setup(
             "openai>=1.40",
             "hypothesis>=6.100",
             "brotli>=1.1",  # to send br bodies from the simulator (decoding is libcurl's)
+            "dockerfile>=3.3",  # BuildKit's own Dockerfile parser, for the Dockerfile lint
+            "wheel",  # the Dockerfile's pip install step is replayed offline (no build isolation)
             "ruff>=0.6",
             "mypy>=1.10",
             "types-PyYAML",

@@ -30,6 +30,7 @@ LAYERS: dict[str, float] = {
     "sealing": 1,
     "pages": 1,
     "limits": 1,
+    "sharedmetrics": 1.5,  # prometheus-client's process-wide settings, below metrics
     "metrics": 2,
     "upstream": 2,
     "curl_client": 2,
@@ -49,6 +50,7 @@ LAYERS: dict[str, float] = {
     "wiring": 5,
     "listener": 5,
     "runtime": 5,
+    "workers": 5.5,  # the supervisor of worker processes, started by server
     "server": 6,
     "__main__": 7,
 }
@@ -147,10 +149,12 @@ def test_readme_lists_every_metric() -> None:
     from prometheus_client import CollectorRegistry
 
     from tornadoproxy.metrics import Metrics
+    from tornadoproxy.sharedmetrics import SupervisorMetrics
 
     readme = (ROOT / "README.md").read_text()
     registry = CollectorRegistry()
-    Metrics(registry, ("platform",))
+    Metrics(registry, ("platform",))  # with its ProcessCollector: the names multiprocess mode samples
+    SupervisorMetrics(registry)
     for family in registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")
         name = name + "_info" if family.type == "info" else name

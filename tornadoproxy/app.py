@@ -55,7 +55,11 @@ def _record(services: Services, handler: RequestHandler) -> None:
     seconds = handler.request.request_time()
     method = handler.request.method if handler.request.method in _KNOWN_METHODS else "other"
     route = getattr(handler, "route", "(unmatched)")
-    services.metrics.observe_request(route, method or "other", status, seconds)
+    metrics = services.metrics
+    metrics.observe_request(route, method or "other", status, seconds)
+    error = getattr(handler, "error_code", None)
+    if error is not None:
+        metrics.count_gateway_error(error)
     if not services.access_log.enabled:
         return
     fields: dict[str, object] = {
@@ -71,4 +75,6 @@ def _record(services: Services, handler: RequestHandler) -> None:
         fields["stream"] = handler.streamed
         if handler.stream_end is not None:
             fields["stream_end"] = handler.stream_end
+    if error is not None:
+        fields["error"] = error
     services.access_log.write(fields)

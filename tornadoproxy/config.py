@@ -209,6 +209,18 @@ class ServerConfig:
         "address (logs, rate limits)",
         _ip_networks,
     )
+    workers: int = option(
+        1,
+        "worker processes sharing the listening sockets; a parent process restarts a worker that dies "
+        "and passes SIGTERM and SIGHUP on to every worker; more than 1 needs tokens.store memory or redis",
+        _between(1, 64),
+    )
+    metrics_dir: str = option(
+        "",
+        "with workers > 1: the directory in which the parent creates the fresh, private directory of "
+        "the metric files every worker writes (removed at exit); empty: the system temp directory",
+        lambda value: None if not value or os.path.isdir(value) else "must be an existing directory",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ class Gate:
         self.wait = wait
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._metrics = metrics
+        metrics.gate_capacity.set(capacity)
 
     async def acquire(self) -> None:
         if self._free > 0 and not self._waiters:

@@ -3,13 +3,15 @@
 Tornado answers a malformed HTTP message (bad request line, header syntax, lengths, chunked encoding)
 with a bare `400 Bad Request` and no body, and closes a connection whose header block outgrows
 `max_header_size` without a word. Both are gateway answers, so both get the one JSON error shape, from
-an IOStream subclass given to each accepted connection.
+an IOStream subclass given to each accepted connection. They never reach a handler, so `refused`
+(the metrics' gateway error counter) counts them here.
 """
 
 from __future__ import annotations
 
 import socket
 from asyncio import Future
+from collections.abc import Callable
 from typing import Any
 
 from tornado.httpserver import HTTPServer
@@ -43,18 +45,31 @@ HEADERS_TOO_LARGE = _response(
 )
 
 
+def _uncounted(_code: str) -> None:
+    return None
+
+
 class GatewayHTTPServer(HTTPServer):
+    # Called with the error code of each protocol-level refusal; set by the composition root.
+    refused: Callable[[str], None] = staticmethod(_uncounted)
+
     def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
         # A class swap rather than wrapped methods: no closures kept per connection.
         stream.__class__ = _JsonErrorIOStream
+        stream.refused = self.refused  # type: ignore[attr-defined]
         super().handle_stream(stream, address)
 
 
 class _JsonErrorIOStream(IOStream):
     """An IOStream whose protocol-level refusals are the gateway's JSON errors."""
 
+    refused: Callable[[str], None]
+
     def write(self, data: bytes | memoryview) -> Future[None]:
-        return super().write(MALFORMED if data == _TORNADO_BAD_REQUEST else data)
+        if data == _TORNADO_BAD_REQUEST:
+            self.refused("bad_request")
+            data = MALFORMED
+        return super().write(data)
 
     def close(self, exc_info: Any = False) -> None:
         error = exc_info[1] if isinstance(exc_info, tuple) else exc_info
@@ -64,6 +79,7 @@ class _JsonErrorIOStream(IOStream):
             and not self._total_write_index
         ):
             # The stream is about to close on its own: a best-effort answer straight to the socket.
+            self.refused("headers_too_large")
             try:
                 self.socket.send(HEADERS_TOO_LARGE, socket.MSG_DONTWAIT)
             except OSError:

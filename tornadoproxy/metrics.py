@@ -1,8 +1,11 @@
-"""Prometheus figures on an injected registry: requests, latency, upstream errors, streams, the gate.
+"""Prometheus figures on an injected registry: requests, latency, upstream errors, streams, the gate,
+logins and the token cache, egress proxies, configuration reloads, the process.
 
 Every label takes a value from a bounded set (route templates, status classes, upstream names from
-the config, error kinds and end reasons from the fixed tuples below), never from a client-supplied
-string. Label children are cached because `labels()` costs more than the increment on the hot path.
+the config, error kinds, codes and end reasons from the fixed tuples below), never from a
+client-supplied string. Label children are cached because `labels()` costs more than the increment
+on the hot path. With several worker processes the figures are shared through files
+(sharedmetrics.py); each gauge below says how the workers' values combine (`multiprocess_mode`).
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ from collections.abc import Callable
 
 import pycurl
 import tornado
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import InfoMetricFamily
+from prometheus_client.process_collector import ProcessCollector
 
 from tornadoproxy import __version__
+from tornadoproxy.sharedmetrics import Sampler, StaticCollector, shared_registry
 
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 STREAM_END_REASONS = ("done", "client_gone", "upstream_error", "idle_timeout", "shutdown")
@@ -64,6 +70,37 @@ EGRESS_FAILURE_KINDS = (
     "challenge",
     "blocked",
 )
+# The `code` of every error answer the gateway writes itself (errors.py and its callers); anything
+# else is counted as "other", so the label stays bounded whatever a future error is called.
+GATEWAY_ERROR_CODES = (
+    "bad_request",
+    "headers_too_large",
+    "missing_authorization",
+    "gateway_key_required",
+    "gateway_key_invalid",
+    "client_not_allowed",
+    "not_found",
+    "method_not_allowed",
+    "payload_too_large",
+    "gateway_busy",
+    "shutting_down",
+    "upstream_unreachable",
+    "upstream_timeout",
+    "egress_proxy_error",
+    "upstream_challenge",
+    "upstream_blocked",
+    "upstream_error_page",
+    "upstream_bad_stream",
+    "login_failed",
+    "login_mfa_unsupported",
+    "login_account_blocked",
+    "login_rate_limited",
+    "login_upstream_error",
+    "login_interrupted",
+    "internal_error",
+    "other",
+)
+RELOAD_OUTCOMES = ("ok", "failed")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -72,10 +109,37 @@ def status_class(status: int) -> str:
 
 
 class Metrics:
-    """The gateway's metrics. Construct one per process (tests: one per registry)."""
+    """The gateway's metrics. Construct one per process (tests: one per registry).
 
-    def __init__(self, registry: CollectorRegistry, upstreams: tuple[str, ...]) -> None:
+    With `shared_dir` (a worker of several; sharedmetrics.prepare_process was called before), the
+    figures go to the shared files, /metrics adds up every worker's, and `sample()` must run every
+    SAMPLE_INTERVAL seconds to write the figures a single process computes at scrape time."""
+
+    def __init__(
+        self, registry: CollectorRegistry, upstreams: tuple[str, ...], shared_dir: str | None = None
+    ) -> None:
         self.registry = registry
+        build = StaticCollector([_build_info()])
+        if shared_dir is None:
+            self._exposed = registry
+            self._sampler: Sampler | None = None
+            registry.register(build)
+            ProcessCollector(registry=registry)
+        else:
+            self._exposed = shared_registry(shared_dir, build)
+            self._sampler = Sampler(registry)
+        self._define_traffic(registry)
+        self._define_upstreams(registry)
+        self._define_logins(registry)
+        self._define_process(registry)
+        self._first_byte_children: dict[str, Callable[[float], None]] = {}
+        self._request_children: dict[
+            tuple[str, str, int], tuple[Callable[[], None], Callable[[float], None]]
+        ] = {}
+        self._precreate(upstreams)
+
+    # -- definitions ------------------------------------------------------------------------------
+    def _define_traffic(self, registry: CollectorRegistry) -> None:
         self._requests = Counter(
             "tornadoproxy_http_requests",
             "HTTP requests answered, by route template, method and status class.",
@@ -89,17 +153,10 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self._first_byte = Histogram(
-            "tornadoproxy_upstream_first_byte_seconds",
-            "Time from sending the upstream request to its response headers.",
-            ("upstream",),
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self._upstream_errors = Counter(
-            "tornadoproxy_upstream_errors",
-            "Upstream failures by upstream and kind (transport, egress proxy, challenge, block).",
-            ("upstream", "kind"),
+        self._gateway_errors = Counter(
+            "tornadoproxy_gateway_errors",
+            "Error answers the gateway wrote itself (JSON errors and final stream error events), by code.",
+            ("code",),
             registry=registry,
         )
         self.streams_active = Gauge(
@@ -120,18 +177,56 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.gate_capacity = Gauge(
+            "tornadoproxy_gate_capacity",
+            "Slots of the gate (fetch.max_clients, summed over the worker processes).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self.gate_rejected = Counter(
             "tornadoproxy_gate_rejected",
             "Requests answered 503 because every upstream slot stayed busy.",
             registry=registry,
         )
+
+    def _define_upstreams(self, registry: CollectorRegistry) -> None:
+        self._first_byte = Histogram(
+            "tornadoproxy_upstream_first_byte_seconds",
+            "Time from sending the upstream request to its response headers.",
+            ("upstream",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._upstream_errors = Counter(
+            "tornadoproxy_upstream_errors",
+            "Upstream failures by upstream and kind (transport, egress proxy, challenge, block).",
+            ("upstream", "kind"),
+            registry=registry,
+        )
         self._upstream_state = Gauge(
             "tornadoproxy_upstream_state",
-            "Last readiness probe result per upstream: 1 for the current state, 0 for the others.",
+            "Last readiness probe result per upstream: 1 for the current state, 0 for the others "
+            "(with several workers: 1 if any worker's last probe saw that state).",
             ("upstream", "state"),
             registry=registry,
-            multiprocess_mode="liveall",
+            multiprocess_mode="livemax",
         )
+        self._egress_up = Gauge(
+            "tornadoproxy_egress_proxy_up",
+            "1 while an egress proxy is in rotation for an upstream, 0 while it cools down after a failure "
+            "(with several workers: 0 if any worker has it cooling down).",
+            ("upstream", "proxy"),
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self._egress_failures = Counter(
+            "tornadoproxy_egress_proxy_failures",
+            "Egress proxy failures (each failed attempt, retried or not), by upstream, proxy and kind.",
+            ("upstream", "proxy", "kind"),
+            registry=registry,
+        )
+
+    def _define_logins(self, registry: CollectorRegistry) -> None:
         self._logins = Counter(
             "tornadoproxy_logins",
             "Login requests (/chatgpt/login, /platform/login) by family and outcome.",
@@ -160,35 +255,44 @@ class Metrics:
         )
         self.token_cache_entries = Gauge(
             "tornadoproxy_token_cache_entries",
-            "Cached logins held by this process (with Redis: those it has stored or opened).",
+            "Cached logins held (with Redis: those this process stored or opened; summed over workers).",
             registry=registry,
             multiprocess_mode="livesum",
         )
-        self._egress_up = Gauge(
-            "tornadoproxy_egress_proxy_up",
-            "1 while an egress proxy is in rotation for an upstream, 0 while it cools down after a failure.",
-            ("upstream", "proxy"),
-            registry=registry,
-            multiprocess_mode="liveall",
-        )
-        self._egress_failures = Counter(
-            "tornadoproxy_egress_proxy_failures",
-            "Egress proxy failures (each failed attempt, retried or not), by upstream, proxy and kind.",
-            ("upstream", "proxy", "kind"),
+        self.token_store_errors = Counter(
+            "tornadoproxy_token_store_errors",
+            "Token store operations that failed (Redis unreachable); logins then go upstream.",
             registry=registry,
         )
-        build = Info("tornadoproxy_build", "Versions of the gateway and its stack.", registry=registry)
-        build.info(
-            {
-                "version": __version__,
-                "python": platform.python_version(),
-                "tornado": tornado.version,
-                "libcurl": pycurl.version_info()[1],
-            }
+
+    def _define_process(self, registry: CollectorRegistry) -> None:
+        self.workers = Gauge(
+            "tornadoproxy_workers",
+            "Worker processes serving (1 without server.workers).",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
-        self._request_children: dict[
-            tuple[str, str, int], tuple[Callable[[], None], Callable[[float], None]]
-        ] = {}
+        self._reloads = Counter(
+            "tornadoproxy_config_reloads",
+            "Configuration reloads (SIGHUP) by outcome (ok, failed: the running configuration was kept).",
+            ("outcome",),
+            registry=registry,
+        )
+        self._reload_ok = Gauge(
+            "tornadoproxy_config_last_reload_successful",
+            "1 unless the last configuration reload failed (with several workers: 0 if any worker's did).",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+
+    def _precreate(self, upstreams: tuple[str, ...]) -> None:
+        """Every series of a bounded label set exists from the start, so rates and alerts see zeros."""
+        self.workers.set(1)
+        self._reload_ok.set(1)
+        for outcome in RELOAD_OUTCOMES:
+            self._reloads.labels(outcome)
+        for code in GATEWAY_ERROR_CODES:
+            self._gateway_errors.labels(code)
         for upstream in upstreams:
             self._first_byte.labels(upstream)
             self.set_upstream_state(upstream, "pending")
@@ -205,6 +309,7 @@ class Metrics:
         for reason in TOKEN_EVICTION_REASONS:
             self._token_evictions.labels(reason)
 
+    # -- recording --------------------------------------------------------------------------------
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
         children = self._request_children.get(key)
@@ -217,17 +322,27 @@ class Metrics:
         children[0]()
         children[1](seconds)
 
+    def count_gateway_error(self, code: str) -> None:
+        self._gateway_errors.labels(code if code in GATEWAY_ERROR_CODES else "other").inc()
+
     def observe_first_byte(self, upstream: str, seconds: float) -> None:
-        self._first_byte.labels(upstream).observe(seconds)
+        observe = self._first_byte_children.get(upstream)
+        if observe is None:
+            observe = self._first_byte_children[upstream] = self._first_byte.labels(upstream).observe
+        observe(seconds)
 
     def count_upstream_error(self, upstream: str, kind: str) -> None:
         self._upstream_errors.labels(upstream, kind).inc()
 
     def watch_egress_proxy(self, upstream: str, proxy: str, up: Callable[[], float]) -> None:
         """Report `up()` as the health of `proxy` (its masked label) for `upstream` at each scrape."""
-        self._egress_up.labels(upstream, proxy).set_function(up)
+        self._watch(self._egress_up.labels(upstream, proxy), up)
         for kind in EGRESS_FAILURE_KINDS:
             self._egress_failures.labels(upstream, proxy, kind)
+
+    def watch_token_entries(self, entries: Callable[[], float]) -> None:
+        """Report `entries()` as the number of cached logins at each scrape."""
+        self._watch(self.token_cache_entries, entries)
 
     def count_egress_failure(self, upstream: str, proxy: str, kind: str) -> None:
         self._egress_failures.labels(upstream, proxy, kind).inc()
@@ -251,7 +366,36 @@ class Metrics:
     def count_token_eviction(self, reason: str, count: int = 1) -> None:
         self._token_evictions.labels(reason).inc(count)
 
+    def count_reload(self, ok: bool) -> None:
+        self._reloads.labels("ok" if ok else "failed").inc()
+        self._reload_ok.set(1 if ok else 0)
+
+    # -- exposition -------------------------------------------------------------------------------
+    def _watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        if self._sampler is None:
+            gauge.set_function(read)  # computed at each scrape
+        else:
+            self._sampler.watch(gauge, read)  # written to the shared files by sample()
+
+    def sample(self) -> None:
+        """Write the scrape-time figures to the shared files (multiprocess mode; else nothing to do)."""
+        if self._sampler is not None:
+            self._sampler.sample()
+
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition in the format `accept` asks for (text or OpenMetrics)."""
         encoder, content_type = choose_encoder(accept or "")
-        return encoder(self.registry), content_type
+        return encoder(self._exposed), content_type
+
+
+def _build_info() -> InfoMetricFamily:
+    return InfoMetricFamily(
+        "tornadoproxy_build",
+        "Versions of the gateway and its stack.",
+        value={
+            "version": __version__,
+            "python": platform.python_version(),
+            "tornado": tornado.version,
+            "libcurl": pycurl.version_info()[1],
+        },
+    )

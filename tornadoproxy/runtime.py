@@ -28,6 +28,8 @@ RESTART_ONLY = (
     "server.port",
     "server.ops_host",
     "server.ops_port",
+    "server.workers",
+    "server.metrics_dir",
     "fetch.max_clients",
     "egress",
     "tokens",
@@ -59,13 +61,14 @@ class Runtime:
             config, routes, secrets = self._load()
         except ConfigError as error:
             log.error("configuration reload failed, keeping the running configuration: %s", error)
+            self.services.metrics.count_reload(ok=False)
             return False
         old = self.services.config
         for key in RESTART_ONLY:
             if _value(old, key) != _value(config, key):
                 log.warning("%s changed: this takes effect at the next restart", key)
-        configure_logging(config.logging, secrets)
-        self.services.access_log.configure(config.logging, secrets)
+        configure_logging(config.logging, secrets, self.services.lifecycle.worker)
+        self.services.access_log.configure(config.logging, secrets, self.services.lifecycle.worker)
         self.services.config = config
         self.services.access = access_policy(config)
         self.services.fetcher.reconfigure(config.fetch, routes)
@@ -73,6 +76,7 @@ class Runtime:
         self.services.logins.reconfigure(config.logins, config.upstreams)
         for server in self.servers:
             _update_connection_limits(server, config)
+        self.services.metrics.count_reload(ok=True)
         log.info("configuration reloaded")
         return True
 

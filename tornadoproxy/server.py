@@ -1,20 +1,24 @@
 """The composition root: load the config, build every component once, serve, reload, drain.
 
-Nothing else constructs long-lived objects. Listening sockets are bound before the event loop starts;
-the HTTP client, caches and metrics are created inside it. SIGHUP reloads the configuration, SIGTERM
-and SIGINT drain and stop (runtime.py).
+Nothing else constructs long-lived objects. Listening sockets are bound before the event loop starts
+(and before worker processes are forked: workers.py); the event loop, HTTP client, caches and metrics
+are created inside each process that serves. SIGHUP reloads the configuration, SIGTERM and SIGINT
+drain and stop (runtime.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry
+from tornado.ioloop import PeriodicCallback
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
@@ -28,10 +32,12 @@ from tornadoproxy.logs import AccessLog, configure_logging
 from tornadoproxy.metrics import Metrics
 from tornadoproxy.readiness import Readiness
 from tornadoproxy.runtime import Loader, Runtime, access_policy, connection_body_limit
-from tornadoproxy.services import Services
+from tornadoproxy.services import Lifecycle, Services
+from tornadoproxy.sharedmetrics import SAMPLE_INTERVAL, SupervisorMetrics, prepare_process
 from tornadoproxy.tokens import TokenCache
 from tornadoproxy.upstream import UpstreamRoute
 from tornadoproxy.wiring import build_store, load
+from tornadoproxy.workers import Loaded, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +45,11 @@ log = logging.getLogger(__name__)
 def main(config_path: str | None, environ: Mapping[str, str]) -> int:
     """Run the gateway until SIGTERM or SIGINT; return the process exit status."""
     try:
-        config, routes, secrets = load(config_path, environ)
+        loaded = load(config_path, environ)
     except ConfigError as error:
         print(f"tornadoproxy: configuration error: {error}", file=sys.stderr)
         return 2
+    config, routes, secrets = loaded
     configure_logging(config.logging, secrets)
     try:
         sockets = bind_sockets(config.server.port, config.server.host, backlog=4096)
@@ -52,8 +59,45 @@ def main(config_path: str | None, environ: Mapping[str, str]) -> int:
     except OSError as error:
         log.error("cannot listen on the configured address: %s", error.strerror)
         return 1
-    asyncio.run(serve(config, routes, secrets, sockets, ops_sockets, lambda: load(config_path, environ)))
-    return 0
+
+    def reload() -> Loaded:
+        return load(config_path, environ)
+
+    if config.server.workers == 1:
+        prepare_process(None)
+        asyncio.run(serve(config, routes, secrets, sockets, ops_sockets, reload))
+        return 0
+    return _supervise(loaded, sockets, ops_sockets, reload)
+
+
+def _supervise(
+    loaded: Loaded, sockets: list[socket.socket], ops_sockets: list[socket.socket], reload: Loader
+) -> int:
+    """Fork the workers and keep them running (workers.py); the metric files live in a fresh,
+    private directory that exists as long as the parent does."""
+    try:
+        shared_dir = tempfile.mkdtemp(
+            prefix="tornadoproxy-metrics-", dir=loaded[0].server.metrics_dir or None
+        )
+    except OSError as error:
+        log.error("cannot create the directory of the shared metric files: %s", error.strerror)
+        return 1
+
+    def start_worker(number: int, current: Loaded) -> int:
+        config, routes, secrets = current
+        configure_logging(config.logging, secrets, worker=number)
+        asyncio.run(
+            serve(config, routes, secrets, sockets, ops_sockets, reload, worker=number, shared_dir=shared_dir)
+        )
+        return 0
+
+    try:
+        prepare_process(shared_dir)
+        metrics = SupervisorMetrics(CollectorRegistry())
+        supervisor = Supervisor(loaded, reload, start_worker, shared_dir, metrics, sockets + ops_sockets)
+        return supervisor.run()
+    finally:
+        shutil.rmtree(shared_dir, ignore_errors=True)
 
 
 async def serve(
@@ -63,33 +107,45 @@ async def serve(
     sockets: list[socket.socket],
     ops_sockets: list[socket.socket],
     reload: Loader,
+    worker: int | None = None,
+    shared_dir: str | None = None,
 ) -> None:
-    metrics = Metrics(CollectorRegistry(), tuple(routes))
+    """Serve in this process until SIGTERM or SIGINT (the only process, or worker `worker` of several,
+    whose metrics then go to `shared_dir`)."""
+    metrics = Metrics(CollectorRegistry(), tuple(routes), shared_dir)
     proxies = {name: route.proxies for name, route in routes.items()}
     pools = EgressPools(proxies, config.egress.cooldown, metrics)
     fetcher = Fetcher(config.fetch, routes, metrics, pools)
     readiness = Readiness(config.readiness, config.upstreams.by_name(), fetcher, metrics)
     logins = Logins(config.logins, config.upstreams, fetcher, metrics)
     tokens = TokenCache(config.tokens, config.logins, build_store(config, metrics), metrics)
+    lifecycle = Lifecycle(worker=worker)
     access_log = AccessLog()
-    access_log.configure(config.logging, secrets)
+    access_log.configure(config.logging, secrets, worker)
     services = Services(
-        config, access_policy(config), fetcher, metrics, readiness, logins, tokens, access_log
+        config, access_policy(config), fetcher, metrics, readiness, logins, tokens, access_log, lifecycle
     )
-    servers = [_listen(make_app(services), sockets, config)]
+    servers = [_listen(make_app(services), sockets, config, metrics)]
     if ops_sockets:
-        servers.append(_listen(make_ops_app(services), ops_sockets, config))
+        servers.append(_listen(make_ops_app(services), ops_sockets, config, metrics))
     runtime = Runtime(services, servers, reload)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, runtime.reload)
+    # A forked worker starts with these blocked (workers.py); now they have handlers.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     log.info("listening on %s:%d", config.server.host, config.server.port)
     if ops_sockets:
         log.info("ops endpoints on %s:%d", config.server.ops_host, config.server.ops_port)
     readiness.start()
+    sampler = PeriodicCallback(metrics.sample, SAMPLE_INTERVAL * 1000)
+    if shared_dir is not None:
+        metrics.sample()
+        sampler.start()
     await stop.wait()
+    sampler.stop()
     readiness.stop()
     await runtime.drain()
     await tokens.close()  # the persistence file gets its last write here
@@ -97,7 +153,9 @@ async def serve(
     log.info("stopped")
 
 
-def _listen(app: Application, sockets: list[socket.socket], config: Config) -> GatewayHTTPServer:
+def _listen(
+    app: Application, sockets: list[socket.socket], config: Config, metrics: Metrics
+) -> GatewayHTTPServer:
     limits = config.server
     server = GatewayHTTPServer(
         app,
@@ -107,5 +165,6 @@ def _listen(app: Application, sockets: list[socket.socket], config: Config) -> G
         max_header_size=limits.max_header_size,
         max_body_size=connection_body_limit(config),
     )
+    server.refused = metrics.count_gateway_error
     server.add_sockets(sockets)
     return server

@@ -20,11 +20,13 @@ from tornadoproxy.tokens import TokenCache
 
 @dataclass(slots=True)
 class Lifecycle:
-    """Process state shared by handlers and the drain: whether the gateway is draining, and how many
-    relays are still writing to their clients."""
+    """Process state shared by handlers and the drain: whether the gateway is draining, how many
+    relays are still writing to their clients, and which worker process this is (None when the
+    gateway runs as one process)."""
 
     draining: bool = False
     relays: int = 0
+    worker: int | None = None
 
 
 @dataclass(slots=True)

@@ -97,7 +97,7 @@ class TokenCache:
         self._turn_seconds = logins.timeout + 10
         self._kdf = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokens-scrypt")
         self._warned_at = 0.0
-        metrics.token_cache_entries.set_function(self._entries)
+        metrics.watch_token_entries(self._entries)
 
     async def obtain(self, family: str, username: str, password: str, client: str, login: Login) -> bytes:
         """The login answer for these credentials: cached, joined, or from `login()` (run once)."""
@@ -351,6 +351,7 @@ class TokenCache:
         return float(count)
 
     def _warn(self, what: str, error: StoreUnavailable) -> None:
+        self._metrics.token_store_errors.inc()
         now = time.monotonic()
         if now - self._warned_at >= _WARN_EVERY:
             self._warned_at = now

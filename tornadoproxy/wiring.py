@@ -62,6 +62,12 @@ def check_tokens(config: Config) -> None:
         raise ConfigError("tokens.file: its directory does not exist")
     if tokens.store == "redis" and not tokens.redis_url:
         raise ConfigError("tokens.redis_url: must be set when tokens.store is redis")
+    if tokens.store == "file" and config.server.workers > 1:
+        # Each worker would hold its own copy and overwrite the others' logins at every save.
+        raise ConfigError(
+            "tokens.store: file cannot be shared by several worker processes (server.workers > 1); "
+            "use redis to share logins between workers, or memory (one cache per worker)"
+        )
 
 
 def build_store(config: Config, metrics: Metrics) -> TokenStore:

@@ -62,6 +62,7 @@ class BaseHandler(RequestHandler):
         self.bytes_out = 0
         self.streamed = False
         self.stream_end: str | None = None
+        self.error_code: str | None = None  # the code of the gateway error this request ended with
         self._body_parts: list[bytes] = []
         self._body_size = 0
         self._deferred: GatewayError | None = None
@@ -176,6 +177,7 @@ class BaseHandler(RequestHandler):
             self.request.connection.stream.close()  # type: ignore[union-attr]
             return
         self.clear()
+        self.error_code = error.code
         self.set_status(error.status)
         for name, value in error.headers():
             self.set_header(name, value)
@@ -184,6 +186,7 @@ class BaseHandler(RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         error = _as_gateway_error(status_code, kwargs.get("exc_info"))
+        self.error_code = error.code
         self.set_status(error.status)
         for name, value in error.headers():
             self.set_header(name, value)
@@ -390,6 +393,7 @@ class BaseHandler(RequestHandler):
     def _write_final_error(self, error: GatewayError) -> None:
         """End a stream that failed midway with an `event: error` carrying the gateway error JSON."""
         log.warning("stream on %s ended early: %s", self.route, error.code)
+        self.error_code = error.code
         self.write(encode_event(error.to_json().decode(), event="error"))
 
     async def _flush_to_client(self) -> None:
