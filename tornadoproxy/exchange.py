@@ -13,7 +13,6 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 import pycurl
-from tornado.ioloop import IOLoop
 
 from tornadoproxy.curl_errors import CurlFailure
 from tornadoproxy.egress import EgressProxy
@@ -64,6 +63,11 @@ class Exchange:
         self.aborted_reason: str | None = None
         self.started_at = time.monotonic()
         self._last_activity = self.started_at
+        # Seconds of upstream silence after which the consumer wants a nudge (0: never); the
+        # fetcher's sweep does the nudging, so no timer is armed per read.
+        self.keepalive = 0.0
+        self._quiet_since = self.started_at
+        self._loop = asyncio.get_running_loop()
         self._owner = owner
         self._curl: pycurl.Curl | None = None
         self._chunks: list[bytes] = []  # a list, not a deque: 56 bytes against 600 per open stream
@@ -81,11 +85,12 @@ class Exchange:
                 )
             await self._wait()
 
-    async def read(self, timeout: float | None = None) -> bytes | None:
-        """The body bytes received so far (waiting for some), b"" if `timeout` passed without
-        any, None at the end or once aborted. Raises UpstreamError if the transfer failed midway."""
+    async def read(self) -> bytes | None:
+        """The body bytes received so far (waiting for some), b"" when a keep-alive is due (see
+        `keepalive`) before any came, None at the end or once aborted. Raises UpstreamError if the
+        transfer failed midway."""
         if not self._chunks and not self.finished and self.aborted_reason is None:
-            await self._wait(timeout)
+            await self._wait()
         if self.aborted_reason is not None:
             if self.error is not None:
                 raise self.error
@@ -113,17 +118,19 @@ class Exchange:
             if self._curl is not None:
                 self._owner.cancel(self._curl)
 
-    async def _wait(self, timeout: float | None = None) -> None:
-        waiter = asyncio.get_running_loop().create_future()
+    async def _wait(self) -> None:
+        waiter = self._loop.create_future()
         self._waiter = waiter
-        if timeout is None:
-            await waiter
-            return
-        handle = IOLoop.current().call_later(timeout, self._wake)
-        try:
-            await waiter
-        finally:
-            IOLoop.current().remove_timeout(handle)
+        await waiter
+
+    def keepalive_due(self, now: float) -> bool:
+        """Whether the consumer asked for keep-alives and has heard nothing for `keepalive` s."""
+        return bool(self.keepalive) and self._waiter is not None and now - self._quiet_since >= self.keepalive
+
+    def nudge(self, now: float) -> None:
+        """Wake the consumer with no data: its read() returns b"" (time for a keep-alive)."""
+        self._quiet_since = now
+        self._wake()
 
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
@@ -170,7 +177,7 @@ class Exchange:
         if self._buffered >= _HIGH_WATER:
             self._paused = True
             return pycurl.WRITEFUNC_PAUSE
-        self._last_activity = time.monotonic()
+        self._last_activity = self._quiet_since = time.monotonic()
         self._chunks.append(chunk)
         self._buffered += len(chunk)
         self._wake()

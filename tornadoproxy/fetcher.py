@@ -68,7 +68,8 @@ class Fetcher:
         self._client = CurlClient(force_instance=True, max_clients=config.max_clients + _RESERVED_HANDLES)
         self._gate = Gate(config.max_clients, config.queue_timeout, metrics)
         self._open: set[Exchange] = set()
-        self._idle_watch = IOLoop.current().call_later(min(1.0, config.idle_timeout / 20), self._watch_idle)
+        self._keepalive_tick = 1.0  # lowered by keep_alive() for consumers that want short intervals
+        self._idle_watch = IOLoop.current().call_later(self._sweep_interval(), self._sweep)
 
     def reconfigure(self, config: FetchConfig, routes: Mapping[str, UpstreamRoute]) -> None:
         """New timeouts, gate wait, profiles and trust for requests started from now on. The curl
@@ -181,24 +182,40 @@ class Fetcher:
     def cancel(self, curl: pycurl.Curl) -> None:
         self._client.cancel(curl)
 
-    def _watch_idle(self) -> None:
-        """Fail every exchange whose upstream sent nothing for fetch.idle_timeout seconds.
+    def keep_alive(self, exchange: Exchange, interval: float) -> None:
+        """Have the sweep wake `exchange`'s consumer after `interval` s of upstream silence."""
+        exchange.keepalive = interval
+        if interval / 4 < self._keepalive_tick:
+            self._keepalive_tick = interval / 4
+            IOLoop.current().remove_timeout(self._idle_watch)
+            self._idle_watch = IOLoop.current().call_later(self._sweep_interval(), self._sweep)
+
+    def _sweep_interval(self) -> float:
+        return min(self._keepalive_tick, self.config.idle_timeout / 20)
+
+    def _sweep(self) -> None:
+        """Fail every exchange whose upstream sent nothing for fetch.idle_timeout seconds, and
+        wake the stream consumers that are due a keep-alive.
 
         One sweep over the open exchanges every twentieth of the timeout (at most every second)
-        rather than a timer per request: at thousands of requests a second the timers cost more
-        than the sweep, and a timer per request would stay in the IOLoop's heap for the whole
-        timeout after its request ended. (libcurl's own LOW_SPEED_TIME fires about seven seconds
-        late: it averages over the last five seconds.)"""
+        rather than a timer per request or per read: at thousands of requests or events a second
+        the timers cost more than the sweep, and a timer per request would stay in the IOLoop's
+        heap for the whole timeout after its request ended. (libcurl's own LOW_SPEED_TIME fires
+        about seven seconds late: it averages over the last five seconds.)"""
         idle = self.config.idle_timeout
         now = time.monotonic()
         for exchange in list(self._open):
-            if exchange.aborted_reason is None and exchange.idle_for(now) >= idle:
+            if exchange.aborted_reason is not None:
+                continue
+            if exchange.idle_for(now) >= idle:
                 self.metrics.count_upstream_error(exchange.route.name, "timeout")
                 message = (
                     f"the {exchange.route.name} upstream sent nothing for {idle:g} s (fetch.idle_timeout)"
                 )
                 exchange.abort("idle_timeout", upstream_timeout(message))
-        self._idle_watch = IOLoop.current().call_later(min(1.0, idle / 20), self._watch_idle)
+            elif exchange.keepalive_due(now):
+                exchange.nudge(now)
+        self._idle_watch = IOLoop.current().call_later(self._sweep_interval(), self._sweep)
 
     def abort_all(self, reason: str) -> None:
         for exchange in list(self._open):

@@ -351,11 +351,13 @@ class BaseHandler(RequestHandler):
     async def _pump_events(self, exchange: Exchange) -> str:
         """Relay whole events as they complete; return why the stream ended."""
         splitter = EventSplitter(self.services.config.streams.max_event_size)
-        keepalive = self.services.config.streams.keepalive_interval or None
+        keepalive = self.services.config.streams.keepalive_interval
+        if keepalive:
+            self.services.fetcher.keep_alive(exchange, keepalive)
         await self._flush_to_client()  # status and headers go out before the first event
         while True:
             try:
-                chunk = await exchange.read(keepalive)
+                chunk = await exchange.read()
                 if chunk is None:
                     break
                 events = splitter.feed(chunk) if chunk else b""
