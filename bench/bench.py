@@ -380,7 +380,10 @@ def hold_cap(nofile: int) -> int:
 
 def gateway_config_keys(python: str) -> set[str]:
     """Every key the gateway's config accepts (from its own declarations)."""
-    code = "from tornadoproxy.config import describe\nfor key, _, _ in describe(): print(key)"
+    code = (
+        "from tornadoproxy.config import Config\nfrom tornadoproxy.options import describe\n"
+        "for key, _, _ in describe(Config): print(key)"
+    )
     done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     return set(done.stdout.split())
 

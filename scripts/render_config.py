@@ -6,7 +6,8 @@ import typing
 
 import yaml
 
-from tornadoproxy.config import Config, describe
+from tornadoproxy.config import Config
+from tornadoproxy.options import describe
 
 hints = typing.get_type_hints(Config)
 out = [

@@ -42,7 +42,7 @@ class EgressProxy:
 
     @classmethod
     def parse(cls, url: str) -> EgressProxy:
-        """Parse a proxy URL already checked by config.proxy_url_problem; "" and "direct" mean none."""
+        """Parse a proxy URL already checked by option_checks.proxy_url_problem; "" and "direct" mean none."""
         if url in ("", "direct"):
             return DIRECT
         parts = urlsplit(url)
@@ -99,7 +99,7 @@ DIRECT = EgressProxy("direct")
 
 
 def parse_proxies(setting: str | tuple[str, ...]) -> tuple[EgressProxy, ...]:
-    """An egress setting (validated by config.proxy_list_problem) as the proxies to try, in order;
+    """An egress setting (validated by option_checks.proxy_list_problem) as the proxies to try, in order;
     `(DIRECT,)` when there is none."""
     urls = (setting,) if isinstance(setting, str) else setting
     return tuple(EgressProxy.parse(url) for url in urls) or (DIRECT,)

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from tests.harness import ROOT
-from tornadoproxy.config import Config, ConfigError, describe, load_config
+from tornadoproxy.config import Config, ConfigError, load_config
+from tornadoproxy.options import describe
 
 
 def load(tmp_path: Path, data: object, environ: dict[str, str] | None = None) -> Config:
@@ -105,7 +106,7 @@ def test_shipped_config_lists_every_key_with_its_default() -> None:
     for section, values in shipped.items():
         for key, value in values.items():
             flat[f"{section}.{key}"] = value
-    documented = {path: default for path, default, _ in describe()}
+    documented = {path: default for path, default, _ in describe(Config)}
     assert set(flat) == set(documented)
     for path, default in documented.items():
         value = flat[path]
@@ -118,7 +119,7 @@ def test_shipped_config_lists_every_key_with_its_default() -> None:
 
 def test_every_key_has_a_comment_in_the_shipped_config() -> None:
     lines = (ROOT / "conf" / "tornadoproxy.yaml").read_text().splitlines()
-    for path, _, _ in describe():
+    for path, _, _ in describe(Config):
         section, key = path.split(".", 1)
         start = lines.index(f"{section}:")
         index = next(i for i in range(start, len(lines)) if lines[i].startswith(f"  {key}:"))

@@ -11,9 +11,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tornadoproxy.config import ConfigError, describe, load_config
+from tornadoproxy.config import Config, ConfigError, load_config
 from tornadoproxy.errors import BadRequest
 from tornadoproxy.forwarding import check_raw_path
+from tornadoproxy.options import describe
 from tornadoproxy.sse import EventSplitter, EventTooLarge, SSEParser
 
 SSE_ALPHABET = st.sampled_from(
@@ -113,8 +114,8 @@ def test_a_path_that_passes_cannot_escape_its_prefix(path: str) -> None:
     assert unquote(decoded) == decoded or "%" in decoded  # no second decoding turns it into something else
 
 
-KEYS = sorted({path.split(".")[0] for path, _, _ in describe()} | {"bogus"})
-LEAVES = sorted({path.split(".")[1] for path, _, _ in describe()} | {"unknown_leaf"})
+KEYS = sorted({path.split(".")[0] for path, _, _ in describe(Config)} | {"bogus"})
+LEAVES = sorted({path.split(".")[1] for path, _, _ in describe(Config)} | {"unknown_leaf"})
 values = st.recursive(
     st.none()
     | st.booleans()

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from tornadoproxy.config import Config as GatewayConfig
-from tornadoproxy.config import ConfigError, build
 from tornadoproxy.diagnosis import page_kind
 from tornadoproxy.errors import BadRequest, LoginError
 from tornadoproxy.handlers.logins import parse_login_body
 from tornadoproxy.limits import AttemptLimiter, LoginLimits
 from tornadoproxy.logins import _Page, iso_time, jwt_expiry, login_page_kind, token_expiry
+from tornadoproxy.options import ConfigError, build
 from tornadoproxy.pages import element_text, hidden_inputs, upstream_text
 from tornadoproxy.sealing import (
     SealedRecord,
