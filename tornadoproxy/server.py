@@ -9,6 +9,7 @@ drain and stop (runtime.py).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import shutil
 import signal
@@ -40,6 +41,21 @@ from tornadoproxy.wiring import build_store, load
 from tornadoproxy.workers import Loaded, Supervisor
 
 log = logging.getLogger(__name__)
+
+# CPython's default (700, 10, 10) runs a full collection each time the heap has grown by a quarter, and
+# that pause grows with every open stream (about 116 tracked objects each, 0.7 µs per object): 0.3 s
+# at 4,000 streams, 1 s at 9,500, stalling every stream while new ones open. With 200 the old generation
+# is examined after 2 million net new objects instead of 70,000. The cyclic garbage of requests dies young
+# and is still collected by the first two generations, which stay as small as before.
+GC_THRESHOLDS = (1000, 10, 200)
+
+
+def tune_garbage_collector() -> None:
+    """Freeze what start-up built (modules, config, app: no collection walks it again) and examine the
+    old generation rarely."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def main(config_path: str | None, environ: Mapping[str, str]) -> int:
@@ -140,6 +156,7 @@ async def serve(
     if ops_sockets:
         log.info("ops endpoints on %s:%d", config.server.ops_host, config.server.ops_port)
     readiness.start()
+    tune_garbage_collector()
     sampler = PeriodicCallback(metrics.sample, SAMPLE_INTERVAL * 1000)
     if shared_dir is not None:
         metrics.sample()
