@@ -1,6 +1,7 @@
-"""Several worker processes on the same listening sockets, kept running by their parent.
+"""Several worker processes on one port, kept running by their parent.
 
-The parent binds the sockets (server.py) and forks `server.workers` children; each builds its own
+The parent binds the sockets (server.py: a set per worker with SO_REUSEPORT, so that the kernel
+spreads connections over the workers) and forks `server.workers` children; each builds its own
 event loop, HTTP client, caches and metrics. The parent then only waits for signals, taken
 synchronously (blocked, then `sigtimedwait`), so that no code runs inside a signal handler:
 - SIGTERM or SIGINT: the parent closes its copy of the listening sockets (so new connections are
