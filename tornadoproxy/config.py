@@ -77,8 +77,9 @@ class ServerConfig:
     )
     workers: int = option(
         1,
-        "worker processes sharing the listening sockets; a parent process restarts a worker that dies "
-        "and passes SIGTERM and SIGHUP on to every worker; more than 1 needs tokens.store memory or redis",
+        "worker processes on the same port, a listening socket each; a parent process restarts a worker "
+        "that dies and passes SIGTERM and SIGHUP on to every worker; more than 1 needs tokens.store memory "
+        "or redis",
         between(1, 64),
     )
     metrics_dir: str = option(
