@@ -96,6 +96,11 @@ def _bind_listeners(config: Config) -> list[list[socket.socket]]:
     host, port, workers = config.server.host, config.server.port, config.server.workers
     if workers == 1:
         return [bind_sockets(port, host, backlog=4096)]
+    # SO_REUSEPORT would also let this gateway join a port that another process of the same user
+    # listens on, and take a share of its connections; a plain bind first refuses that, as with one
+    # worker.
+    for sock in bind_sockets(port, host):
+        sock.close()
     return [bind_sockets(port, host, backlog=4096, reuse_port=True) for _ in range(workers)]
 
 

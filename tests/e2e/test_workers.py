@@ -236,6 +236,25 @@ def test_a_token_file_cannot_be_shared_by_workers(tmp_path: Path, sim: Simulator
     assert started.stderr.startswith("tornadoproxy: configuration error: tokens.store: file cannot be shared")
 
 
+def test_a_port_already_in_use_is_refused_with_workers_too(
+    make_gateway: Callable[..., Gateway], sim: Simulator, tmp_path: Path
+) -> None:
+    # The workers' SO_REUSEPORT sockets must not let a second gateway join a port in use.
+    first = make_gateway({"server": {"workers": 2}})
+    path = tmp_path / "second.yaml"
+    path.write_text(yaml.safe_dump(base_config(sim) | {"server": {"port": first.port, "workers": 2}}))
+    second = subprocess.run(
+        [sys.executable, "-m", "tornadoproxy", "--config", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert second.returncode == 1
+    assert "cannot listen on the configured address: Address already in use" in second.stderr
+    assert request("GET", first.url + "/healthz").status == 200
+
+
 # Run as the systemd unit would, as far as this machine allows: without capabilities and with
 # no_new_privs, the whole file system read-only except a private /tmp, as the user nobody where this
 # checkout's interpreter is readable by nobody (else as uid 0, still without any capability).
