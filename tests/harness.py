@@ -197,6 +197,17 @@ class Simulator:
         return list(self._control("GET", "/__sim__/journal" + ("?" + query if query else "")))
 
 
+def run_until_exit(config_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run a gateway that is expected to stop on its own (a refused start), its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "tornadoproxy", "--config", str(config_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in extra.items():

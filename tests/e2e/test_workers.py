@@ -21,7 +21,7 @@ import yaml
 
 from tests.conftest import base_config
 from tests.e2e.test_monitoring import served_by, worker_pids
-from tests.harness import ROOT, Gateway, Simulator, metric_value, request, wait_for
+from tests.harness import ROOT, Gateway, Simulator, metric_value, request, run_until_exit, wait_for
 from tests.secrets_used import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
@@ -225,13 +225,7 @@ def test_a_token_file_cannot_be_shared_by_workers(tmp_path: Path, sim: Simulator
     }
     path = tmp_path / "gw.yaml"
     path.write_text(yaml.safe_dump(config))
-    started = subprocess.run(
-        [sys.executable, "-m", "tornadoproxy", "--config", str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    started = run_until_exit(path)
     assert started.returncode == 2
     assert started.stderr.startswith("tornadoproxy: configuration error: tokens.store: file cannot be shared")
 
@@ -243,13 +237,7 @@ def test_a_port_already_in_use_is_refused_with_workers_too(
     first = make_gateway({"server": {"workers": 2}})
     path = tmp_path / "second.yaml"
     path.write_text(yaml.safe_dump(base_config(sim) | {"server": {"port": first.port, "workers": 2}}))
-    second = subprocess.run(
-        [sys.executable, "-m", "tornadoproxy", "--config", str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    second = run_until_exit(path)
     assert second.returncode == 1
     assert "cannot listen on the configured address: Address already in use" in second.stderr
     assert request("GET", first.url + "/healthz").status == 200

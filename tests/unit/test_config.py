@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 import yaml
 
-from tests.harness import ROOT
+from tests.harness import ROOT, run_until_exit
 from tornadoproxy.config import Config, ConfigError, load_config
 from tornadoproxy.options import describe
 
@@ -133,13 +131,7 @@ def test_every_key_has_a_comment_in_the_shipped_config() -> None:
 def test_bad_config_stops_the_process_with_one_line(tmp_path: Path, yaml_text: str, needle: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml_text)
-    result = subprocess.run(
-        [sys.executable, "-m", "tornadoproxy", "--config", str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_until_exit(path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.stderr
