@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from tests.secrets_used import API_KEY
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -304,6 +306,33 @@ def metric_value(exposition: str, name: str, **labels: str) -> float:
         if all(found.get(k) == v for k, v in labels.items()):
             return float(value)
     return 0.0
+
+
+STREAM_BODY = json.dumps({"model": "m", "stream": True, "messages": []})
+_STREAM_REQUEST = (
+    f"POST /platform/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+    f"Content-Type: application/json\r\nContent-Length: {len(STREAM_BODY)}\r\n\r\n{STREAM_BODY}"
+).encode()
+
+
+def open_stream(gw: Gateway, rcvbuf: int | None = None) -> socket.socket:
+    """A raw connection to the gateway with a streaming chat completion sent on it; `rcvbuf` shrinks
+    the client's receive buffer (a slow reader)."""
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", gw.port))
+    sock.sendall(_STREAM_REQUEST)
+    return sock
+
+
+def read_all(sock: socket.socket, timeout: float = 15) -> bytes:
+    """Everything the peer sends until it closes the connection."""
+    sock.settimeout(timeout)
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 @contextlib.contextmanager

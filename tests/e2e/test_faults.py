@@ -16,15 +16,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.faults import Fault, FaultProxy
-from tests.harness import Gateway, Simulator, metric_value, request, wait_for
+from tests.harness import STREAM_BODY, Gateway, Simulator, metric_value, open_stream, request, wait_for
 from tests.secrets_used import API_KEY
 
 SSE = [["Content-Type", "text/event-stream"]]
-BODY = json.dumps({"model": "m", "stream": True, "messages": []})
-HEAD = (
-    f"POST /platform/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
-    f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n{BODY}"
-).encode()
 
 
 @pytest.fixture
@@ -33,15 +28,6 @@ def fault_proxy(sim: Simulator) -> Iterator[FaultProxy]:
     proxy = FaultProxy((host, int(port)))
     yield proxy
     proxy.stop()
-
-
-def open_stream(gw: Gateway, rcvbuf: int | None = None) -> socket.socket:
-    sock = socket.socket()
-    if rcvbuf:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.connect(("127.0.0.1", gw.port))
-    sock.sendall(HEAD)
-    return sock
 
 
 def receive_until(sock: socket.socket, marker: bytes, timeout: float = 10, data: bytes = b"") -> bytes:
@@ -197,7 +183,7 @@ def test_streams_beyond_the_cap_get_503_at_once(make_gateway: Callable[..., Gate
             "POST",
             gw.url + "/platform/v1/chat/completions",
             headers={"Authorization": f"Bearer {API_KEY}"},
-            body=BODY,
+            body=STREAM_BODY,
         )
         latencies.append(time.monotonic() - started)
         assert answer.status == 503 and answer.header("Retry-After") == "1"

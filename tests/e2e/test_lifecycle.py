@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import time
@@ -10,32 +9,22 @@ from collections.abc import Callable
 
 import yaml
 
-from tests.harness import Gateway, Simulator, metric_value, request, streaming, wait_for
+from tests.harness import (
+    STREAM_BODY,
+    Gateway,
+    Simulator,
+    metric_value,
+    open_stream,
+    read_all,
+    request,
+    streaming,
+    wait_for,
+)
 from tests.secrets_used import API_KEY, CLIENT_KEY
 from tornadoproxy.access import key_digest
 
 AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
 SSE = [["Content-Type", "text/event-stream"]]
-BODY = json.dumps({"model": "m", "stream": True, "messages": []})
-
-
-def open_stream(gw: Gateway) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", gw.port))
-    sock.sendall(
-        (
-            f"POST /platform/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
-            f"Content-Length: {len(BODY)}\r\n\r\n{BODY}"
-        ).encode()
-    )
-    return sock
-
-
-def read_all(sock: socket.socket, timeout: float = 15) -> bytes:
-    sock.settimeout(timeout)
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def test_sigterm_drains_open_streams_then_exits_zero(
@@ -79,7 +68,7 @@ def test_draining_refuses_new_requests_and_lets_short_ones_finish(
             "chunks": [{"data": "data: 1\n\n"}, {"gate": "finish"}, {"data": "data: [DONE]\n\n"}],
         },
     )
-    with streaming(gw.url + "/platform/v1/chat/completions", headers=AUTH, body=BODY) as answer:
+    with streaming(gw.url + "/platform/v1/chat/completions", headers=AUTH, body=STREAM_BODY) as answer:
         answer.read1(100)
         gw.process.send_signal(signal.SIGTERM)
         wait_for(lambda: "draining 1 upstream requests" in gw.log_text(), what="the drain to start")
@@ -138,7 +127,7 @@ def test_stalled_client_is_dropped_and_its_upstream_aborted(
     sock.sendall(
         (
             f"POST /platform/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
-            f"Content-Length: {len(BODY)}\r\n\r\n{BODY}"
+            f"Content-Length: {len(STREAM_BODY)}\r\n\r\n{STREAM_BODY}"
         ).encode()
     )
     sock.recv(1024)  # the stream started; now this client reads nothing more

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import http.client
-import json
 import os
 import shutil
 import signal
@@ -21,31 +20,21 @@ import yaml
 
 from tests.conftest import base_config
 from tests.e2e.test_monitoring import served_by, worker_pids
-from tests.harness import ROOT, Gateway, Simulator, metric_value, request, run_until_exit, wait_for
+from tests.harness import (
+    ROOT,
+    Gateway,
+    Simulator,
+    metric_value,
+    open_stream,
+    read_all,
+    request,
+    run_until_exit,
+    wait_for,
+)
 from tests.secrets_used import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
 SSE = [["Content-Type", "text/event-stream"]]
-BODY = json.dumps({"model": "m", "stream": True, "messages": []})
-
-
-def open_stream(gw: Gateway) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", gw.port))
-    sock.sendall(
-        (
-            f"POST /platform/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
-            f"Content-Length: {len(BODY)}\r\n\r\n{BODY}"
-        ).encode()
-    )
-    return sock
-
-
-def read_all(sock: socket.socket, timeout: float = 15) -> bytes:
-    sock.settimeout(timeout)
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def shared_dirs(gw: Gateway) -> list[Path]:
