@@ -6,7 +6,8 @@ owns, on every request, because tornado reuses curl handles: shared/PITFALLS.md)
 failures into `UpstreamError`s (with the table in curl_errors.py). A request that failed before it
 could reach the upstream (an egress proxy failure, a refused or timed-out connect) is sent again, at
 most twice, after a short random delay, through the next egress proxy that is up: the upstream never
-saw it, so the client never notices.
+saw it, so the client never notices; except when the request pins its proxy (an account of the
+pool): then it fails, and the account cools down instead.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tornadoproxy.errors import UpstreamError, egress_proxy_error, upstream_time
 from tornadoproxy.exchange import Exchange
 from tornadoproxy.gate import Gate
 from tornadoproxy.metrics import Metrics
+from tornadoproxy.profiles import ClientProfile
 from tornadoproxy.upstream import UpstreamRequest, UpstreamRoute
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ class Fetcher:
         self._proxy_options = {
             proxy: proxy.curl_options() for route in routes.values() for proxy in route.proxies
         }
+        self._pinned_profiles: dict[ClientProfile, tuple[tuple[int, Any], ...]] = {}
         self.reconfigure(config, routes)
         # force_instance: never the shared per-IOLoop singleton, whose max_clients is fixed at 10.
         self._client = CurlClient(force_instance=True, max_clients=config.max_clients + _RESERVED_HANDLES)
@@ -94,7 +97,7 @@ class Fetcher:
         route = self._routes[request.upstream]
         if gated:
             await self._gate.acquire()
-        proxy = self.egress.choose(route.name)
+        proxy = request.proxy or self.egress.choose(route.name)
         assert proxy is not None  # a first attempt always gets a proxy
         exchange = Exchange(self, request, route, proxy, gated)
         self._open.add(exchange)
@@ -104,10 +107,8 @@ class Fetcher:
     def _start(self, exchange: Exchange) -> None:
         """Hand the exchange's request to libcurl through its current proxy."""
         request, route = exchange.request, exchange.route
-        options = (
-            self._proxy_options[exchange.proxy] + self._profile_options[route.name] + self._trust_options
-        )
-        header_lines = route.profile.header_lines(request.headers, route.origin)
+        options = self._proxy_and_profile_options(exchange) + self._trust_options
+        header_lines = (request.profile or route.profile).header_lines(request.headers, route.origin)
         connect_ms = int(self.config.connect_timeout * 1000)
         method = request.method
         body = request.body if method not in ("GET", "HEAD") else None
@@ -142,6 +143,20 @@ class Fetcher:
             exchange.on_curl_ready(curl)
 
         self._client.start(setup, exchange.on_ended)
+
+    def _proxy_and_profile_options(self, exchange: Exchange) -> tuple[tuple[int, Any], ...]:
+        """The proxy's and the profile's curl options; a pinned proxy or profile (an account's) is
+        turned into options once and kept."""
+        proxy, profile = exchange.proxy, exchange.request.profile
+        proxy_options = self._proxy_options.get(proxy)
+        if proxy_options is None:
+            proxy_options = self._proxy_options[proxy] = proxy.curl_options()
+        if profile is None:
+            return proxy_options + self._profile_options[exchange.route.name]
+        profile_options = self._pinned_profiles.get(profile)
+        if profile_options is None:
+            profile_options = self._pinned_profiles[profile] = profile.curl_options()
+        return proxy_options + profile_options
 
     async def fetch(self, request: UpstreamRequest, gated: bool = True) -> tuple[Exchange, bytes]:
         """Send `request` and read its whole (bounded) body: for logins and probes, not relays."""
@@ -247,6 +262,8 @@ class Fetcher:
         connect_failed = exchange.proxy.is_direct and before_upstream(failure, exchange.headers_complete)
         if not (proxied or connect_failed) or not exchange.received_nothing:
             return False
+        if proxied and exchange.request.proxy is not None:
+            return False  # a pinned proxy is the account's session: no other proxy may carry it
         exchange.failed_attempts.append((exchange.proxy, error))
         if len(exchange.failed_attempts) >= MAX_ATTEMPTS:
             return False
