@@ -14,6 +14,7 @@ from tornadoproxy.fetcher import Fetcher
 from tornadoproxy.logins import Logins
 from tornadoproxy.logs import AccessLog
 from tornadoproxy.metrics import Metrics
+from tornadoproxy.pool.pool import AccountPool
 from tornadoproxy.readiness import Readiness
 from tornadoproxy.tokens import TokenCache
 
@@ -40,3 +41,4 @@ class Services:
     tokens: TokenCache
     access_log: AccessLog
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    pool: AccountPool | None = None  # None without accounts
