@@ -186,6 +186,10 @@ class Simulator:
         """{"logins": completed logins, "password_attempts": password forms received} of an account."""
         return dict(self._control("GET", "/__sim__/accounts")[email])
 
+    def issued_tokens(self) -> list[str]:
+        """Every accessToken the simulated login hosts issued since the last reset."""
+        return list(self._control("GET", "/__sim__/tokens"))
+
     def challenge(self, step: str, kind: str = "challenge", times: int = -1) -> None:
         """Answer a login step with a Cloudflare challenge (or "block") page, `times` times (-1: always)."""
         self._control("POST", "/__sim__/challenges", {"step": step, "kind": kind, "times": times})

@@ -1,0 +1,106 @@
+"""The account pool in-process, built as the gateway builds it (server.build_pool) from a config file:
+real Fetcher and libcurl, real logins and token cache against the simulator, real Redis when the
+config says so. For the pool's own tests until its consumers (/imitate, relayed routes) exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+
+from tests.conftest import base_config
+from tests.harness import Simulator, deep_merge
+from tornadoproxy.config import Config
+from tornadoproxy.egress_pool import EgressPools
+from tornadoproxy.fetcher import Fetcher
+from tornadoproxy.logins import Logins
+from tornadoproxy.metrics import Metrics
+from tornadoproxy.pool.pool import AccountPool
+from tornadoproxy.server import build_pool
+from tornadoproxy.tokens import TokenCache
+from tornadoproxy.wiring import build_store, load
+
+
+def jwt(ttl: float = 3600 * 24 * 365, **claims: Any) -> str:
+    """A JWT-shaped fixed accessToken (the simulator accepts eyJ... tokens) expiring in `ttl` s."""
+
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    payload = {"exp": int(time.time() + ttl), "sub": "pool-test", **claims}
+    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(payload)}.c2lnLXBvb2wtdGVzdA"
+
+
+def fixed_accounts(count: int, **extra: Any) -> list[dict[str, Any]]:
+    return [{"name": f"acct{index}", "access_token": jwt(), **extra} for index in range(count)]
+
+
+@dataclass
+class Running:
+    pool: AccountPool
+    fetcher: Fetcher
+    config: Config
+    registry: CollectorRegistry
+
+    def metrics(self) -> str:
+        return generate_latest(self.registry).decode()
+
+    def state(self, name: str) -> str:
+        return self.pool.accounts[name].state()
+
+
+def write_config(sim: Simulator, tmp_path: Path, extra: dict[str, Any], name: str = "pool.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(deep_merge(base_config(sim), extra)))
+    return path
+
+
+@asynccontextmanager
+async def running_pool(
+    sim: Simulator, tmp_path: Path, extra: dict[str, Any], name: str = "pool.yaml"
+) -> AsyncIterator[Running]:
+    """A started pool (its background logins under way) and the fetcher it shares with logins."""
+    config, routes, _ = load(str(write_config(sim, tmp_path, extra, name)), {})
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, tuple(routes))
+    egress = EgressPools({n: r.proxies for n, r in routes.items()}, config.egress.cooldown, metrics)
+    fetcher = Fetcher(config.fetch, routes, metrics, egress)
+    logins = Logins(config.logins, config.upstreams, fetcher, metrics)
+    tokens = TokenCache(config.tokens, config.logins, build_store(config, metrics), metrics)
+    pool = build_pool(config, metrics, egress, logins, tokens)
+    assert pool is not None
+    pool.start()
+    try:
+        yield Running(pool, fetcher, config, registry)
+    finally:
+        await pool.close()
+        await tokens.close()
+        fetcher.close()
+
+
+async def until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    """Poll `condition` on the event loop until it is truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
+        await asyncio.sleep(0.01)
+
+
+async def settle() -> None:
+    """Let every callback that is ready run (grants handed over, tasks woken)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
