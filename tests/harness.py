@@ -362,8 +362,9 @@ def streaming(
 class RedisServer:
     """A throw-away redis-server (Debian package) on a free loopback port, no persistence."""
 
-    def __init__(self, log_dir: Path, password: str | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, log_dir: Path, password: str | None = None, port: int | None = None) -> None:
+        """`port`: start again where a stopped one listened (its clients reconnect)."""
+        self.port = port or free_port()
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         args += ["--appendonly", "no", "--daemonize", "no", "--dir", str(log_dir)]
         if password:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,7 +21,7 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.conftest import base_config
-from tests.harness import Simulator, deep_merge
+from tests.harness import ROOT, Simulator, deep_merge, free_port, request, stop_process
 from tornadoproxy.config import Config
 from tornadoproxy.egress_pool import EgressPools
 from tornadoproxy.fetcher import Fetcher
@@ -104,3 +106,40 @@ async def settle() -> None:
     """Let every callback that is ready run (grants handed over, tasks woken)."""
     for _ in range(5):
         await asyncio.sleep(0)
+
+
+class PoolProcess:
+    """tests/pool_driver.py as a process of its own (stopped by PID, or killed)."""
+
+    def __init__(self, config_path: Path, log_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_dir / f"pool-driver-{self.port}.log", "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.pool_driver", str(config_path), str(self.port)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+        )
+        assert self.process.stdout is not None
+        if not self.process.stdout.readline():
+            raise RuntimeError(f"the pool driver did not start; see {self.log.name}")
+
+    def acquire(self, exclude: str = "", timeout: float = 30) -> dict[str, Any]:
+        answer = request("POST", f"{self.url}/acquire?exclude={exclude}", body=b"", timeout=timeout)
+        return {"status": answer.status, **answer.json()}
+
+    def release(self, lease: str, outcome: str = "ok") -> None:
+        assert request("POST", f"{self.url}/release/{lease}?outcome={outcome}", body=b"").status == 200
+
+    def accounts(self) -> dict[str, Any]:
+        return dict(request("GET", self.url + "/accounts").json())
+
+    def metrics(self) -> str:
+        return request("GET", self.url + "/metrics").body.decode()
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self.log.close()

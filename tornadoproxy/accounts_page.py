@@ -86,8 +86,10 @@ def relative(seconds: float) -> str:
         amount = f"{size / 60:.0f} min"
     elif size < 48 * 3600:
         amount = f"{size / 3600:.0f} h"
-    else:
+    elif size < 730 * 86400:
         amount = f"{size / 86400:.0f} days"
+    else:
+        amount = f"{size / (365.25 * 86400):.0f} years"
     return f"in {amount}" if seconds >= 0 else f"{amount} ago"
 
 

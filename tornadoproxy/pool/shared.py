@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError, RedisError
 
 from tornadoproxy.pool import scripts
 from tornadoproxy.tokenstore import StoreUnavailable
@@ -69,7 +71,15 @@ class SharedSlots:
     """One process's side of the shared pool. Used on the IOLoop only."""
 
     def __init__(self, url: str, prefix: str, lease: float) -> None:
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=_TIMEOUT, socket_connect_timeout=_TIMEOUT)
+        # One retry on a broken connection: after a Redis restart every pooled connection is dead,
+        # and each would otherwise fail once and flip the pool back to its own slots.
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=_TIMEOUT,
+            socket_connect_timeout=_TIMEOUT,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[ConnectionError],
+        )
         self._prefix = prefix
         self.proc = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.lease_ms = int(lease * 1000)
