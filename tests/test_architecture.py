@@ -158,12 +158,16 @@ def test_readme_lists_every_metric() -> None:
     from prometheus_client import CollectorRegistry
 
     from tornadoproxy.metrics import Metrics
+    from tornadoproxy.pool.metrics import PoolMetrics
     from tornadoproxy.sharedmetrics import SupervisorMetrics
 
     readme = (ROOT / "README.md").read_text()
     registry = CollectorRegistry()
-    Metrics(registry, ("platform",))  # with its ProcessCollector: the names multiprocess mode samples
+    metrics = Metrics(
+        registry, ("platform",)
+    )  # with its ProcessCollector: the names multiprocess mode samples
     SupervisorMetrics(registry)
+    PoolMetrics(registry, metrics.watch, ("alice",), shared=True)
     for family in registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")
         name = name + "_info" if family.type == "info" else name
