@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 
 RETRY_INTERVAL = 1.0  # seconds between two tries to reach Redis again
 _TIMEOUT = 2.0  # seconds one Redis call may take before Redis counts as unreachable
+# Connections to Redis at most (one is the channel's); calls beyond wait for one. A script call takes a
+# fraction of a millisecond, so a few connections carry thousands of calls a second.
+_CONNECTIONS = 16
+# Seconds a call may wait for one of them: a burst of thousands of requests queues here for a second or
+# so, which says nothing about Redis (an unreachable Redis fails the calls holding connections instead).
+_QUEUE_TIMEOUT = 10.0
 
 Pairs = Sequence[tuple[str, str | int | float]]
 
@@ -71,15 +77,20 @@ class SharedSlots:
     """One process's side of the shared pool. Used on the IOLoop only."""
 
     def __init__(self, url: str, prefix: str, lease: float) -> None:
-        # One retry on a broken connection: after a Redis restart every pooled connection is dead,
-        # and each would otherwise fail once and flip the pool back to its own slots.
-        self._redis = aioredis.Redis.from_url(
+        # A bounded pool that makes callers wait for a connection: redis-py's default pool raises
+        # MaxConnectionsError past 100 calls at once, which a burst of requests reaches. One retry on
+        # a broken connection: after a Redis restart every pooled connection is dead, and each would
+        # otherwise fail once and flip the pool back to its own slots.
+        connections = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=_CONNECTIONS,
+            timeout=_QUEUE_TIMEOUT,
             socket_timeout=_TIMEOUT,
             socket_connect_timeout=_TIMEOUT,
             retry=Retry(NoBackoff(), 1),
             retry_on_error=[ConnectionError],
         )
+        self._redis = aioredis.Redis(connection_pool=connections)
         self._prefix = prefix
         self.proc = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.lease_ms = int(lease * 1000)
@@ -113,6 +124,7 @@ class SharedSlots:
         with contextlib.suppress(RedisError, OSError):
             await self._redis.delete(self._key("alive:" + self.proc), self._key("u:" + self.proc))
         await self._redis.aclose()
+        await self._redis.connection_pool.disconnect()
 
     async def _run(self) -> None:
         while True:
