@@ -22,6 +22,7 @@ from tests.harness import RedisServer, Simulator, metric_value, wait_for
 from tests.pool_fixtures import PoolProcess, Running, fixed_accounts, running_pool, until, write_config
 from tornadoproxy.pool.lease import Lease
 from tornadoproxy.pool.outcome import Outcome
+from tornadoproxy.pool.report import pool_report, readiness_report
 
 
 @pytest.fixture
@@ -165,6 +166,9 @@ def test_serving_goes_on_while_redis_is_down_and_sharing_resumes(
                 what="both to notice",
             )
             assert metric_value(first.metrics(), "tornadoproxy_pool_shared_state_up") == 0
+            assert (
+                readiness_report(first.pool)["shared"] == pool_report(second.pool)["shared"] == "unavailable"
+            )
             served = ledger.served
             await until(lambda: ledger.served >= served + 20, what="traffic on each process's own slots")
             port = redis.port
