@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.harness import RedisServer, Simulator, metric_value, wait_for
 from tests.pool_fixtures import PoolProcess, Running, fixed_accounts, running_pool, until, write_config
@@ -235,3 +236,42 @@ def test_two_processes_keep_one_answer_per_account_and_a_killed_holder_frees_its
         third = again.result(timeout=20)  # after pool.slot_lease (2 s), no later than the queue timeout
         assert third["status"] == 200 and third["account"] == "acct0"
     holder.release(third["lease"])
+
+
+def test_a_redis_restart_keeps_the_cool_downs(sim: Simulator, tmp_path: Path, log_dir: Path) -> None:
+    """Redis restarts empty: the processes put back the cool-downs they know, so a cooling account
+    stays out of service everywhere."""
+    redis = RedisServer(log_dir)
+
+    async def scenario() -> None:
+        nonlocal redis
+        async with AsyncExitStack() as stack:
+            first, second = await two_pools(stack, sim, tmp_path, shared_config(redis, fixed_accounts(2)))
+            lease = await first.pool.acquire()
+            cooled = lease.account
+            lease.release(Outcome.rate_limited(clears_in=300))
+            await until(
+                lambda: second.pool.accounts[cooled].state() == "cooling", what="the cool-down shared"
+            )
+            port = redis.port
+            await asyncio.to_thread(redis.stop)
+            redis = await asyncio.to_thread(RedisServer, log_dir, None, port)
+            client = aioredis.Redis.from_url(redis.url)
+            try:
+                key = "tornadoproxy:pool:cool:" + cooled
+                await until(lambda: first.pool.shared_state == second.pool.shared_state == "redis")
+                for _ in range(500):  # the heartbeats put it back within a second
+                    if await client.pttl(key) > 200_000:
+                        break
+                    await asyncio.sleep(0.01)
+                assert await client.pttl(key) > 200_000
+            finally:
+                await client.aclose()
+            other = await second.pool.acquire()
+            assert other.account != cooled
+            other.release()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        redis.stop()

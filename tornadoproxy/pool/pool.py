@@ -95,7 +95,7 @@ class AccountPool:
             timer.cancel()
         await self._keeper.close()
         if self._sync is not None:
-            await self._sync.shared.close()
+            await self._sync.close()
 
     @property
     def shared_state(self) -> str:

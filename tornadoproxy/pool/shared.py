@@ -149,6 +149,7 @@ class SharedSlots:
             return
         self.available = True
         self._warned = False
+        self._tasks = [task for task in self._tasks if not task.done()]  # earlier channels' readers
         self._tasks.append(asyncio.get_running_loop().create_task(self._listen(self._pubsub)))
         log.info("the account pool shares its slots through Redis")
         self._peer.shared_changed(True)

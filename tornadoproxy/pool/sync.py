@@ -19,6 +19,8 @@ from tornadoproxy.tokenstore import StoreUnavailable
 if TYPE_CHECKING:
     from tornadoproxy.pool.pool import AccountPool
 
+_CLOSE_WAIT = 2.0  # seconds the calls under way may take at shutdown
+
 
 class PoolSync:
     """Implements shared.SharedPeer for one AccountPool."""
@@ -34,6 +36,14 @@ class PoolSync:
     @property
     def on(self) -> bool:
         return self.shared.available
+
+    async def close(self) -> None:
+        """Let the Redis calls under way finish (slots given back, tickets withdrawn), briefly."""
+        if self._tasks:
+            _, late = await asyncio.wait(set(self._tasks), timeout=_CLOSE_WAIT)
+            for task in late:
+                task.cancel()
+        await self.shared.close()
 
     def background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
