@@ -27,7 +27,7 @@ setup(
             "openai>=1.40",
             "hypothesis>=6.100",
             "brotli>=1.1",  # to send br bodies from the simulator (decoding is libcurl's)
-            "h2>=4.1",  # the TLS endpoint's HTTP/2 side, to record Akamai fingerprints (tests/tls_endpoint.py)
+            "h2>=4.1",  # the TLS endpoint's HTTP/2 side, for Akamai fingerprints (tests/tls_endpoint.py)
             "dockerfile>=3.3",  # BuildKit's own Dockerfile parser, for the Dockerfile lint
             "wheel",  # the Dockerfile's pip install step is replayed offline (no build isolation)
             "ruff>=0.6",

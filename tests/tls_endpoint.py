@@ -215,7 +215,7 @@ class TlsEndpoint:
         self.visits.append(visit)
         with self.context.wrap_socket(connection, server_side=True) as tls:
             visit.alpn = tls.selected_alpn_protocol()
-            visit.resumed = tls.session_reused
+            visit.resumed = bool(tls.session_reused)
             if visit.alpn == "h2":
                 _Http2Server(self, visit, tls).run()
             else:

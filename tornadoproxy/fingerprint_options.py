@@ -3,8 +3,9 @@
 A profile with a `target` takes TLS and HTTP/2 from curl-impersonate's definition of that browser;
 only the HTTP/2 stream weight may be ours. A profile with `ja3` (and `akamai`) is built from the
 strings instead: JA3's cipher suites, extension order and groups, Akamai's SETTINGS, window update,
-PRIORITY frames and pseudo-header order. What JA3 cannot say (GREASE, signature algorithms,
-extension contents) stays BoringSSL's default, so a JA3 profile is never as close as a target.
+PRIORITY frames and pseudo-header order. An extension BoringSSL sends only on request is turned on
+when the JA3 lists it, with the contents browsers send. What JA3 cannot say (GREASE, signature
+algorithms, key shares) stays BoringSSL's default, so a JA3 profile is never as close as a target.
 Checked once at start-up by `impersonation_problem`, never on a request.
 """
 
@@ -21,6 +22,23 @@ from tornadoproxy.profiles import ClientProfile
 TARGETS = frozenset(browser.value for browser in BrowserType)
 _TLS_VERSIONS = {769: CurlSslVersion.TLSv1_0, 770: CurlSslVersion.TLSv1_1, 771: CurlSslVersion.TLSv1_2}
 _PSEUDO_HEADERS = {"m", "a", "s", "p"}
+# Extensions BoringSSL sends only when asked: a JA3 that lists one turns it on, with the contents
+# browsers send (JA3 names an extension, not what is in it).
+_EXTENSION_SWITCHES: dict[int, tuple[tuple[int, Any], ...]] = {
+    5: ((CurlOpt.TLS_STATUS_REQUEST, 1),),
+    18: ((CurlOpt.TLS_SIGNED_CERT_TIMESTAMPS, 1),),
+    27: ((CurlOpt.SSL_CERT_COMPRESSION, "brotli"),),
+    28: ((CurlOpt.TLS_RECORD_SIZE_LIMIT, 0x4001),),
+    34: (
+        (
+            CurlOpt.TLS_DELEGATED_CREDENTIALS,
+            "ecdsa_secp256r1_sha256:ecdsa_secp384r1_sha384:ecdsa_secp521r1_sha512:ecdsa_sha1",
+        ),
+    ),
+    17513: ((CurlOpt.SSL_ENABLE_ALPS, 1),),  # ALPS, old code point
+    17613: ((CurlOpt.SSL_ENABLE_ALPS, 1), (CurlOpt.TLS_USE_NEW_ALPS_CODEPOINT, 1)),
+    65037: ((CurlOpt.ECH, "grease"),),  # encrypted ClientHello, GREASE'd as browsers do
+}
 
 
 def profile_options(profile: ClientProfile) -> tuple[tuple[int, Any], ...]:
@@ -74,11 +92,13 @@ def _ja3_options(ja3: str) -> list[tuple[int, Any]]:
         raise ValueError(f"ja3: group {unknown[0]} is not one BoringSSL offers")
     # Extension 21 (padding) is BoringSSL's to add or not, by the ClientHello's length.
     order = "-".join(str(e) for e in extensions if e != 21)
+    switches = [option for e in extensions for option in _EXTENSION_SWITCHES.get(e, ())]
     return [
         (CurlOpt.SSLVERSION, _TLS_VERSIONS[version[0]] | CurlSslVersion.MAX_DEFAULT),
         (CurlOpt.SSL_CIPHER_LIST, ":".join(TLS_CIPHER_NAME_MAP[c] for c in ciphers)),
-        (CurlOpt.TLS_EXTENSION_ORDER, order),
         (CurlOpt.SSL_EC_CURVES, ":".join(TLS_EC_CURVES_MAP[g] for g in groups)),
+        *switches,
+        (CurlOpt.TLS_EXTENSION_ORDER, order),
     ]
 
 

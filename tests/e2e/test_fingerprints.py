@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.egress_fixtures import fetch_through
+from tests.fingerprints import ja3_string
 from tests.harness import Simulator
 from tests.tls_endpoint import TlsEndpoint, Visit, make_ca
 from tornadoproxy.shipped_profiles import CHROME_VERSION, FIREFOX_VERSION, builtin_profiles
@@ -188,5 +189,26 @@ def _german(line: str) -> str:
     return "accept-language: de-DE,de;q=0.9" if line.startswith("accept-language") else line
 
 
-def _profiles(german: dict[str, object]) -> dict[str, object]:
+def _profiles(german: object) -> dict[str, object]:
     return {"chatgpt": "chrome", "auth": "german", "platform": "plain", "custom": {"german": german}}
+
+
+# Firefox 153's JA3 and Akamai strings, as its target sends them (measured on this endpoint).
+FIREFOX_JA3 = (
+    "771,4865-4867-4866-49195-49199-52393-52392-49196-49200-49162-49171-49172-156-157-47-53,"
+    "0-23-65281-10-11-35-16-5-34-18-51-43-13-45-28-27-65037,4588-29-23-24-25-256-257,0"
+)
+
+
+def test_a_profile_given_as_ja3_and_akamai_strings_sends_them(
+    sim: Simulator, endpoint: TlsEndpoint, certificates: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    strings = {"base": "firefox", "ja3": FIREFOX_JA3, "akamai": PUBLISHED["firefox"].akamai}
+    custom = {"strings": strings}
+    config = config_for(endpoint, certificates[0], chatgpt="strings", auth="strings", custom=custom)
+    outcomes, _ = fetch_through(sim, tmp_path, config, [("chatgpt", "/backend-api/me")])
+    assert outcomes[0].status == 200, outcomes[0].error
+    (visit,) = endpoint.visits
+    assert ja3_string(visit.hello) == FIREFOX_JA3
+    assert visit.akamai == PUBLISHED["firefox"].akamai
+    assert visit.requests[0].header_names == wanted_names("firefox")

@@ -3,7 +3,8 @@ profile fallen behind the browser it imitates?
 
 Debian's `chromium` and `firefox-esr` (installed by scripts/test) load a page from the loopback TLS
 endpoint, headless, and `fetch()` a POST with credentials from it. Their JA4, where they put GREASE,
-Akamai string and header order are compared with what the `chrome` and `firefox` profiles send through the fetcher.
+Akamai string and header order are compared with what the `chrome` and `firefox` profiles send
+through the fetcher.
 A difference is reported as an expected failure naming every field that differs, not as a red
 run: Debian updates its browsers on its own schedule, and a new browser version is a reason to
 upgrade a profile deliberately (shipped_profiles.py), not a broken build. A browser that cannot
@@ -149,10 +150,9 @@ def test_shipped_profile_against_the_real_browser(
     differences = []
     if real.ja4 != mine.ja4:
         differences.append(f"JA4 {real.ja4} (ours {mine.ja4})")
-    if grease_places(real.hello) != grease_places(mine.hello):
-        differences.append(
-            f"GREASE in {', '.join(grease_places(real.hello))} (ours in {', '.join(grease_places(mine.hello))})"
-        )
+    theirs, ours_ = ", ".join(grease_places(real.hello)), ", ".join(grease_places(mine.hello))
+    if theirs != ours_:
+        differences.append(f"GREASE in {theirs} (ours in {ours_})")
     if real.akamai != mine.akamai:
         differences.append(f"HTTP/2 {real.akamai} (ours {mine.akamai})")
     sent = mine.requests[0].header_names
