@@ -8,7 +8,8 @@ and reports finished transfers to the engine instead of resolving futures.
 Per transfer the handle gets the shared options, the trust store, then the profile: `impersonate()`
 (or the JA3 / Akamai options) and, after it, only what is not TLS: HTTP/2 over TLS only (no h2c
 Upgrade on http://), our header lines with HTTPHEADER_ORDER (curl-impersonate re-sorts them into its
-own order otherwise), the stream weight, decoding, callbacks, cookies. curl_cffi's own traps:
+own order otherwise), the stream weight, decoding, callbacks, cookies. curl_cffi's own traps
+(docs/pitfalls.md):
 `reset()` keeps the header list, so `clean_handles_and_buffers()` follows it; a NULL option is
 `ffi.NULL`, never None; CAINFO is ours to set (curl_cffi would pick certifi's bundle).
 """
