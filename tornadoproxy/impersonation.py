@@ -129,6 +129,12 @@ class ImpersonationClient:
         self._running: dict[Any, tuple[Curl, Sink]] = {}  # libcurl's easy handle -> ours, its sink
         self._queue: collections.deque[tuple[Transfer, Sink]] = collections.deque()
         self._converted: dict[tuple[int, Any], Any] = {}  # (option, value) -> its C value
+        # libcurl writes Content-Length itself, last unless HTTPHEADER_ORDER names it: the
+        # profile's "content-length" slot says where (Chromium sends it first).
+        names = [name.lower().encode("latin-1") for name, _ in profile.headers]
+        self._after_length = (
+            frozenset(names[names.index(b"content-length") + 1 :]) if b"content-length" in names else None
+        )
 
     @property
     def active(self) -> int:
@@ -211,7 +217,10 @@ class ImpersonationClient:
         for option, value in self._options:
             self._set(handle, option, value)
         curl.setopt(CurlOpt.HTTPHEADER, transfer.header_lines)  # kept by curl_cffi, freed on recycle
-        self._set(handle, CurlOpt.HTTPHEADER_ORDER, _header_order(transfer.header_lines))
+        order = _header_order(transfer.header_lines)
+        if self._after_length is not None and any(o == CurlOpt.POSTFIELDS for o, _ in transfer.options):
+            order = _with_length(order, self._after_length)
+        self._set(handle, CurlOpt.HTTPHEADER_ORDER, b",".join(order))
         curl.setopt(CurlOpt.HEADERFUNCTION, sink.on_header)
         curl.setopt(CurlOpt.WRITEFUNCTION, sink.on_write)
         if transfer.cookies is not None:
@@ -256,9 +265,15 @@ class ImpersonationClient:
         self._free.append(curl)
 
 
-def _header_order(lines: list[bytes]) -> bytes:
+def _header_order(lines: list[bytes]) -> list[bytes]:
     """The names of the header lines that are sent ("Name:" lines only suppress one), in order."""
-    return b",".join(line.partition(b":")[0].lower() for line in lines if not line.endswith(b":"))
+    return [line.partition(b":")[0].lower() for line in lines if not line.endswith(b":")]
+
+
+def _with_length(order: list[bytes], after: frozenset[bytes]) -> list[bytes]:
+    """`order` with content-length before the first name the profile lists after its slot."""
+    at = next((i for i, name in enumerate(order) if name in after), len(order))
+    return [*order[:at], b"content-length", *order[at:]]
 
 
 # Options whose value differs from request to request: never kept (the cache stays bounded).

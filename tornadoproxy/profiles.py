@@ -77,8 +77,10 @@ def supported_encodings(engine: Engine = "pycurl") -> tuple[str, ...]:
 @dataclass(frozen=True, slots=True)
 class ClientProfile:
     """A named client profile. In `headers`, a None value is a slot: the position a header from the
-    request takes (Authorization, Content-Type ...); it is sent only when the request has it.
-    `{origin}` in a value stands for the upstream's scheme://host."""
+    request takes (Authorization, Content-Type ...); it is sent only when the request has it; a
+    `content-length` slot places libcurl's own Content-Length (curl_cffi engine). `{origin}` in a
+    value stands for the upstream's scheme://host. `target`, `ja3` and `akamai` put the profile on
+    the curl_cffi engine; the TLS fields before them are pycurl's."""
 
     name: str
     headers: tuple[tuple[str, str | None], ...]
@@ -89,7 +91,7 @@ class ClientProfile:
     signature_algorithms: str = ""
     alpn: bool = True
     min_tls: TlsVersion = "1.2"
-    target: str = ""  # a curl-impersonate target (impersonation.TARGETS), e.g. "chrome152"
+    target: str = ""  # a curl-impersonate target (fingerprint_options.TARGETS), e.g. "chrome152"
     ja3: str = ""  # instead of a target: the ClientHello as a JA3 string (GREASE not expressible)
     akamai: str = ""  # with ja3: the HTTP/2 opening as an Akamai fingerprint string
     stream_weight: int = 0  # HTTP/2 priority weight of each request (1-256); 0: the target's

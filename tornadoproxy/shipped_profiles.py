@@ -42,7 +42,8 @@ _BROWSER_CODINGS = ("gzip", "deflate", "br", "zstd")
 
 
 def chrome() -> ClientProfile:
-    """Chrome on Windows; the order of a Chromium `fetch()` with credentials from the page's origin."""
+    """Chrome on Windows; the order of a Chromium `fetch()` with credentials from the page's origin
+    (captured from Debian's Chromium 156: Content-Length first, when there is a body)."""
     return ClientProfile(
         name="chrome",
         target=f"chrome{CHROME_VERSION}",
@@ -50,6 +51,7 @@ def chrome() -> ClientProfile:
         # chrome targets send 256, the weight of a page navigation.
         stream_weight=220,
         headers=(
+            ("content-length", None),
             ("sec-ch-ua-platform", '"Windows"'),
             ("authorization", None),
             (
@@ -74,7 +76,8 @@ def chrome() -> ClientProfile:
 
 
 def firefox() -> ClientProfile:
-    """Firefox ESR on Windows; the order of a Firefox `fetch()` from the page's origin."""
+    """Firefox ESR on Windows; the order of a Firefox `fetch()` from the page's origin (captured from
+    Debian's firefox-esr 153: the page's own headers, then Content-Length)."""
     return ClientProfile(
         name="firefox",
         target=f"firefox{FIREFOX_VERSION}",
@@ -88,8 +91,9 @@ def firefox() -> ClientProfile:
             ("accept-language", "en-US,en;q=0.5"),
             ("accept-encoding", _accept_encoding(_BROWSER_CODINGS, "curl_cffi")),
             ("referer", "{origin}/"),
-            ("content-type", None),
             ("authorization", None),
+            ("content-type", None),
+            ("content-length", None),
             ("origin", "{origin}"),
             ("sec-fetch-dest", "empty"),
             ("sec-fetch-mode", "cors"),

@@ -212,3 +212,29 @@ def test_a_profile_given_as_ja3_and_akamai_strings_sends_them(
     assert ja3_string(visit.hello) == FIREFOX_JA3
     assert visit.akamai == PUBLISHED["firefox"].akamai
     assert visit.requests[0].header_names == wanted_names("firefox")
+
+
+# The headers of a page's fetch() POST with Authorization and a JSON body, as Debian's Chromium 156 and
+# firefox-esr 153 sent them to this endpoint (test_real_browsers.py compares with the installed ones).
+BROWSER_POSTS = {
+    "chrome": "content-length sec-ch-ua-platform authorization user-agent sec-ch-ua content-type "
+    "sec-ch-ua-mobile accept origin sec-fetch-site sec-fetch-mode sec-fetch-dest referer accept-encoding "
+    "accept-language priority",
+    "firefox": "user-agent accept accept-language accept-encoding referer authorization content-type "
+    "content-length origin sec-fetch-dest sec-fetch-mode sec-fetch-site priority te",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BROWSER_POSTS))
+def test_a_post_puts_content_length_where_the_browser_does(
+    name: str, sim: Simulator, endpoint: TlsEndpoint, certificates: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    config = config_for(endpoint, certificates[0], chatgpt=name, auth=name)
+    headers = [("Authorization", "Bearer x"), ("Content-Type", "application/json")]
+    calls = [("chatgpt", "/backend-api/conversation")] * 2  # the second on the reused handle
+    outcomes, _ = fetch_through(sim, tmp_path, config, calls, body=b'{"hello":"world"}', headers=headers)
+    assert [o.status for o in outcomes] == [200, 200], [o.error for o in outcomes]
+    for visit in endpoint.visits:
+        (sent,) = visit.requests
+        assert sent.method == "POST" and sent.header_names == BROWSER_POSTS[name].split()
+        assert sent.headers["content-length"] == "17"
