@@ -64,10 +64,14 @@ class _JsonErrorIOStream(IOStream):
     """An IOStream whose protocol-level refusals are the gateway's JSON errors."""
 
     refused: Callable[[str], None]
+    # The code of the refusal written on this connection, if any: a handler whose request body was
+    # refused this way (bad chunked framing) ends its request with it (handlers/base.py).
+    answered: str | None = None
 
     def write(self, data: bytes | memoryview) -> Future[None]:
         if data == _TORNADO_BAD_REQUEST:
             self.refused("bad_request")
+            self.answered = "bad_request"
             data = MALFORMED
         return super().write(data)
 

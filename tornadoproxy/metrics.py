@@ -84,6 +84,7 @@ GATEWAY_ERROR_CODES = (
     "payload_too_large",
     "gateway_busy",
     "shutting_down",
+    "body_timeout",
     "upstream_unreachable",
     "upstream_timeout",
     "egress_proxy_error",

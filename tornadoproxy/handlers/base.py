@@ -16,6 +16,7 @@ from typing import Any
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
+from tornadoproxy.body_intake import BodyBuffer
 from tornadoproxy.diagnosis import diagnose
 from tornadoproxy.errors import (
     BadRequest,
@@ -63,8 +64,8 @@ class BaseHandler(RequestHandler):
         self.streamed = False
         self.stream_end: str | None = None
         self.error_code: str | None = None  # the code of the gateway error this request ended with
-        self._body_parts: list[bytes] = []
-        self._body_size = 0
+        self.error_counted = False  # True when the listener already counted error_code
+        self._body = BodyBuffer(services.config.server.max_body_size)
         self._deferred: GatewayError | None = None
         self._exchange: Exchange | None = None
         self.client_gone = False
@@ -73,21 +74,19 @@ class BaseHandler(RequestHandler):
     def prepare(self) -> None:
         self._apply_cors()
         refusal = self._refusal()
-        if refusal is None:
-            return
         length = self.request.headers.get("Content-Length", "0")
-        large = (
-            not length.isdigit()
-            or int(length) > _EARLY_ANSWER_BODY
-            or "Transfer-Encoding" in self.request.headers
-        )
-        if large or isinstance(refusal, PayloadTooLarge):
-            # Answered before the body is read; tornado then closes the connection.
-            self.set_header("Connection", "close")
-            self.fail(refusal)
-        else:
+        chunked = "Transfer-Encoding" in self.request.headers
+        if refusal is not None:
+            large = not length.isdigit() or int(length) > _EARLY_ANSWER_BODY or chunked
+            if large or isinstance(refusal, PayloadTooLarge):
+                # Answered before the body is read; tornado then closes the connection.
+                self.set_header("Connection", "close")
+                self.fail(refusal)
+                return
             # Answered once the small body is read: answering early can reset the client's socket.
             self._deferred = refusal
+        if chunked or length != "0":
+            self.services.body_deadlines.watch(self)  # released by check_request() or the end
 
     def _refusal(self) -> GatewayError | None:
         """Why this request is refused before it is read: access, size, then the raw path."""
@@ -111,25 +110,34 @@ class BaseHandler(RequestHandler):
     def data_received(self, chunk: bytes) -> None:
         if self._deferred is not None or self._finished:
             return
-        self._body_size += len(chunk)
-        limit = self.services.config.server.max_body_size
-        if self._body_size > limit:
-            self._body_parts = []
+        if not self._body.add(chunk):
+            limit = self._body.limit
             self.set_header("Connection", "close")
             self.fail(
                 PayloadTooLarge(f"the request body is larger than {limit} bytes (server.max_body_size)")
             )
-            return
-        self._body_parts.append(chunk)
 
     @property
     def body(self) -> bytes:
-        if len(self._body_parts) != 1:
-            self._body_parts = [b"".join(self._body_parts)]
-        return self._body_parts[0]
+        return self._body.value()
+
+    def body_timed_out(self) -> None:
+        """The body is still incomplete after server.body_timeout seconds (body_intake.py)."""
+        self._body.clear()
+        self.set_header("Connection", "close")
+        timeout = self.services.config.server.body_timeout
+        self.fail(
+            GatewayError(
+                f"the request body did not arrive within {timeout:g} s (server.body_timeout)",
+                status=408,
+                code="body_timeout",
+            )
+        )
 
     def check_request(self) -> None:
-        """Raise the error found while the request arrived, if any; every method calls this first."""
+        """Raise the error found while the request arrived, if any; every method calls this first
+        (the body is complete by then)."""
+        self.services.body_deadlines.release(self)
         if self._deferred is not None:
             raise self._deferred
 
@@ -193,6 +201,9 @@ class BaseHandler(RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(error.to_json())
 
+    def on_finish(self) -> None:
+        self.services.body_deadlines.release(self)
+
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, GatewayError):
             return  # an answer, not a fault: the access log has the status
@@ -201,9 +212,38 @@ class BaseHandler(RequestHandler):
         super().log_exception(typ, value, tb)
 
     def on_connection_close(self) -> None:
+        """The client connection closed before this request finished: while its body arrived (the
+        client left, the body was malformed or too slow, or the drain closed it) or later."""
+        body_complete = self.request._body_future.done()
+        if not body_complete:
+            # tornado fails this future, and raises its error into its own frame, which refers to
+            # this handler: a cycle (handler -> request -> future -> error -> traceback -> frame ->
+            # handler) unless the request stops referring to the failed future.
+            super().on_connection_close()  # tornado stops waiting for the body and leaves the handler
+            self.request._body_future = _completed_future()
         self.client_gone = True
+        self._body.clear()
+        self.services.body_deadlines.release(self)
         if self._exchange is not None:
             self._exchange.abort("client_gone")
+        if not body_complete and not self._finished:
+            self._end_without_body()
+
+    def _end_without_body(self) -> None:
+        """End, once, a request whose body never fully arrived; tornado would leave it waiting until
+        shutdown, holding what it had read. Nobody can be answered any more (a malformed body was
+        answered 400 by the listener already): the status is for the access log and metrics."""
+        stream = getattr(self.request.connection, "stream", None)
+        answered = getattr(stream, "answered", None)
+        if answered is not None:
+            status, reason, self.error_code, self.error_counted = 400, None, answered, True
+        elif self.services.lifecycle.draining:
+            status, reason, self.error_code = 503, None, "shutting_down"
+        else:
+            status, reason = 499, "Client Closed Request"  # nginx's code: the client left
+        self.clear()
+        self.set_status(status, reason)
+        self.finish()
 
     # -- credentials and client -------------------------------------------------------------------
     def authorization(self) -> str:
@@ -414,6 +454,12 @@ class BaseHandler(RequestHandler):
             self.request.connection.stream.close()  # type: ignore[union-attr]
             self.on_connection_close()
             raise StreamClosedError() from None
+
+
+def _completed_future() -> asyncio.Future[None]:
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
 
 
 def _as_gateway_error(status_code: int, exc_info: Any) -> GatewayError:
