@@ -9,6 +9,7 @@ What to do when a transfer ends (classify, fail over, release the gate slot) is 
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from typing import TYPE_CHECKING, Protocol
 
@@ -80,9 +81,10 @@ class Exchange:
         """Return once the final status and headers are in; raise UpstreamError if none will come."""
         while not self.headers_complete:
             if self.finished or self.aborted_reason is not None:
-                raise self.error or UpstreamError(
-                    f"the {self.route.name} upstream closed the connection without a response"
-                )
+                if self.error is not None:
+                    raise self._raised_error()
+                name = self.route.name
+                raise UpstreamError(f"the {name} upstream closed the connection without a response")
             await self._wait()
 
     async def read(self) -> bytes | None:
@@ -93,7 +95,7 @@ class Exchange:
             await self._wait()
         if self.aborted_reason is not None:
             if self.error is not None:
-                raise self.error
+                raise self._raised_error()
             return None
         if self._chunks:
             data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
@@ -104,9 +106,17 @@ class Exchange:
             return data
         if self.finished:
             if self.error is not None:
-                raise self.error
+                raise self._raised_error()
             return None
         return b""
+
+    def _raised_error(self) -> UpstreamError:
+        """A copy of `error` for the consumer to raise. Raising the stored exception itself would
+        attach the consumer's traceback to it, and so its frames (handler, body, this exchange) to
+        the exchange: a reference cycle that only a full garbage collection frees, rare with the
+        gateway's collector thresholds (server.GC_THRESHOLDS)."""
+        assert self.error is not None
+        return copy.copy(self.error)
 
     def abort(self, reason: str, error: UpstreamError | None = None) -> None:
         """Stop the transfer at once (client gone, shutdown, idle): its connection is closed.

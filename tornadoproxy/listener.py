@@ -89,3 +89,8 @@ class _JsonErrorIOStream(IOStream):
             except OSError:
                 pass
         super().close(exc_info)
+        if self.error is not None:
+            # tornado keeps the error that closed the stream (a reset, say); its traceback refers to
+            # frames that refer to this stream: a cycle that would hold the connection's buffers
+            # until a full garbage collection.
+            self.error.__traceback__ = None
