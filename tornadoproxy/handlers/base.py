@@ -209,7 +209,9 @@ class BaseHandler(RequestHandler):
             return  # an answer, not a fault: the access log has the status
         if isinstance(value, HTTPError) and value.status_code < 500:
             return
-        super().log_exception(typ, value, tb)
+        # Not tornado's own line: it carries the raw URI and the request's repr (the Host header).
+        method = self.request.method if self.request.method in self.SUPPORTED_METHODS else "other"
+        log.error("unexpected failure on %s %s", method, self.route, exc_info=(typ, value, tb))
 
     def on_connection_close(self) -> None:
         """The client connection closed before this request finished: while its body arrived (the
