@@ -92,6 +92,7 @@ GATEWAY_ERROR_CODES = (
     "upstream_blocked",
     "upstream_error_page",
     "upstream_bad_stream",
+    "upstream_too_large",
     "login_failed",
     "login_mfa_unsupported",
     "login_account_blocked",
