@@ -287,15 +287,24 @@ def test_a_block_page_is_upstream_blocked(
         b'{"username": "", "password": "x"}',
         b'{"username": "a@b.c", "password": 5}',
         b'{"username": "a@b.c", "password": "a\\u0000b"}',
+        b'{"username": 12345, "password": "x"}',
+        b"[" * 100_000,  # deeper than Python's recursion limit
+        b'{"username": "a@b.c", "password": "\\ud800x"}',  # a lone surrogate
+        b'{"username": "a\\udfff@b.c", "password": "x"}',
+        b'{"username": "a@b.c", "password": "x", "password": "y"}',
     ],
 )
-def test_bad_login_bodies_are_400_and_reach_nobody(login_gw: Gateway, sim: Simulator, body: bytes) -> None:
+@pytest.mark.parametrize("family", ["chatgpt", "platform"])
+def test_bad_login_bodies_are_400_and_reach_nobody(
+    login_gw: Gateway, sim: Simulator, body: bytes, family: str
+) -> None:
     answer = request(
-        "POST", login_gw.url + "/chatgpt/login", body=body, headers={"Content-Type": "application/json"}
+        "POST", f"{login_gw.url}/{family}/login", body=body, headers={"Content-Type": "application/json"}
     )
     assert answer.status == 400 and error_of(answer)["code"] == "bad_request"
     assert "a@b.c" not in answer.body.decode()
     assert sim.journal() == []
+    assert "Traceback" not in login_gw.log_text()
 
 
 # -- the cache ----------------------------------------------------------------------------------------
