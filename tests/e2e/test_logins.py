@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, quote_plus, unquote
 
 import pytest
 
@@ -215,6 +215,22 @@ def test_wrong_password_is_login_failed_with_the_upstream_message(
     assert error["code"] == "login_failed" and error["type"] == "login_error"
     assert "the 'password' step" in error["message"] and "Wrong email or password" in error["message"]
     assert sim.account_counters(email)["logins"] == 0
+
+
+@pytest.mark.parametrize("family", ["chatgpt", "platform"])
+def test_a_login_form_echoed_by_the_upstream_is_masked_in_every_encoding(
+    login_gw: Gateway, sim: Simulator, family: str
+) -> None:
+    email = new_email("echo")
+    sim.add_account(email, LOGIN_PASSWORD, echo_form=True)
+    answer = login(login_gw, family, email, WRONG_PASSWORD)
+    assert answer.status == 401
+    message = error_of(answer)["message"]
+    assert "(received " in message and "[redacted]" in message  # the echo reached the gateway
+    log = login_gw.log_text().lower()
+    for value in (email, WRONG_PASSWORD):
+        for form in (value, quote_plus(value), quote(value, safe=""), json.dumps(value)[1:-1]):
+            assert form.lower() not in message.lower() and form.lower() not in log, form
 
 
 def test_refused_email_is_login_failed_at_the_identifier_step(login_gw: Gateway, sim: Simulator) -> None:
