@@ -29,6 +29,7 @@ LAYERS: dict[str, float] = {
     "diagnosis": 1,
     "access": 1,
     "bodies": 1,
+    "credentials": 1,
     "body_intake": 1,
     "sealing": 1,
     "pages": 1,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tests.harness import Gateway, Simulator, raw_exchange, wait_for
-from tests.secrets_used import CLIENT_KEY, OPAQUE_TOKEN
+from tests.secrets_used import API_KEY, CLIENT_KEY, INVALID_API_KEY, OPAQUE_TOKEN
 from tornadoproxy.access import key_digest
 
 MODELS = "GET /platform/v1/models HTTP/1.1\r\nHost: gw\r\n"
@@ -37,3 +37,24 @@ def test_header_values_refused_by_the_parser_never_reach_the_log(
     assert CLIENT_KEY not in text and OPAQUE_TOKEN not in text
     for reason in ("Invalid header value", "Multiple host headers not allowed", "Invalid header name"):
         assert f"Malformed HTTP message from 127.0.0.1: {reason}" in text
+
+
+def test_only_one_bearer_credential_goes_upstream(gateway: Gateway, sim: Simulator) -> None:
+    refused = {
+        f"Authorization: Bearer {API_KEY}\r\nAuthorization: Bearer {INVALID_API_KEY}\r\n": 400,
+        f"Authorization: Bearer {API_KEY}, Bearer {INVALID_API_KEY}\r\n": 400,
+        "Authorization: Basic dXNlcjpwYXNz\r\n": 400,
+        "Authorization: Bearer\r\n": 401,
+    }
+    for headers, status in refused.items():
+        answer = raw_exchange(gateway.port, (MODELS + headers + "Connection: close\r\n\r\n").encode())
+        assert answer.startswith(f"HTTP/1.1 {status} ".encode()), (headers, answer)
+        assert API_KEY.encode() not in answer
+    assert sim.journal("platform") == []
+    answer = raw_exchange(
+        gateway.port, (MODELS + f"Authorization: {API_KEY}\r\nConnection: close\r\n\r\n").encode()
+    )
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    (entry,) = sim.journal("platform")
+    sent = [value for name, value in entry["headers"] if name.lower() == "authorization"]
+    assert sent == [f"Bearer {API_KEY}"]  # the bare key, with the one prefix

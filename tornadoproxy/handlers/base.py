@@ -9,7 +9,6 @@ flush after each, anything else is sent with a Content-Length when it fits `fetc
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from typing import Any
 
@@ -17,12 +16,12 @@ from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from tornadoproxy.body_intake import BodyBuffer
+from tornadoproxy.credentials import HEADERS, client_address, upstream_authorization
 from tornadoproxy.diagnosis import diagnose
 from tornadoproxy.errors import (
     BadRequest,
     GatewayBusy,
     GatewayError,
-    MissingAuthorization,
     PayloadTooLarge,
     UpstreamError,
 )
@@ -249,27 +248,17 @@ class BaseHandler(RequestHandler):
 
     # -- credentials and client -------------------------------------------------------------------
     def authorization(self) -> str:
-        """The client's upstream credential as `Bearer ...` (X-Authorization accepted too)."""
-        value = self.request.headers.get("Authorization") or self.request.headers.get("X-Authorization")
-        if not value or not value.strip():
-            raise MissingAuthorization("this route needs an Authorization header (Bearer <token or key>)")
-        value = value.strip()
-        if value[:7].lower() != "bearer ":
-            value = "Bearer " + value
-        return value
+        """The client's upstream credential as `Bearer ...` (credentials.py)."""
+        headers = self.request.headers
+        return upstream_authorization([headers.get_list(name) for name in HEADERS])
 
     @property
     def client_address(self) -> str:
         """The client's IP; X-Forwarded-For is believed only from server.trusted_proxies."""
-        remote = self.request.remote_ip or ""
-        trusted = self.services.config.server.trusted_proxies
         forwarded = self.request.headers.get("X-Forwarded-For")
-        if not trusted or not forwarded or not _in_networks(remote, trusted):
-            return remote
-        for hop in reversed([part.strip() for part in forwarded.split(",")]):
-            if not _in_networks(hop, trusted):
-                return hop
-        return remote
+        return client_address(
+            self.request.remote_ip or "", forwarded, self.services.config.server.trusted_proxies
+        )
 
     # -- the relay --------------------------------------------------------------------------------
     async def relay(
@@ -477,11 +466,3 @@ def _as_gateway_error(status_code: int, exc_info: Any) -> GatewayError:
     if status_code < 500:
         return BadRequest("the request was not accepted", status=status_code)
     return GatewayError("the gateway failed to handle this request; see its log", status=500)
-
-
-def _in_networks(address: str, networks: tuple[str, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
