@@ -26,6 +26,7 @@ LAYERS: dict[str, float] = {
     "profiles": 1,
     "egress": 1,
     "forwarding": 1,
+    "framing": 1,
     "diagnosis": 1,
     "access": 1,
     "bodies": 1,

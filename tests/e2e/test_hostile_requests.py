@@ -3,13 +3,17 @@ duplicate credentials, framing that RFC 9112 calls faulty or allows, path and qu
 
 from __future__ import annotations
 
+import base64
+import socket
 from collections.abc import Callable
 
-from tests.harness import Gateway, Simulator, raw_exchange, wait_for
+from tests.harness import Gateway, Simulator, raw_exchange, read_all, wait_for
 from tests.secrets_used import API_KEY, CLIENT_KEY, INVALID_API_KEY, OPAQUE_TOKEN
 from tornadoproxy.access import key_digest
 
 MODELS = "GET /platform/v1/models HTTP/1.1\r\nHost: gw\r\n"
+EMBEDDINGS = "/platform/v1/embeddings"
+BEARER = f"Authorization: Bearer {API_KEY}\r\n"
 
 
 def test_header_values_refused_by_the_parser_never_reach_the_log(
@@ -58,3 +62,56 @@ def test_only_one_bearer_credential_goes_upstream(gateway: Gateway, sim: Simulat
     (entry,) = sim.journal("platform")
     sent = [value for name, value in entry["headers"] if name.lower() == "authorization"]
     assert sent == [f"Bearer {API_KEY}"]  # the bare key, with the one prefix
+
+
+def _talk(port: int, data: bytes) -> bytes:
+    """Send `data` on one connection and read until the gateway closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        return read_all(sock, timeout=10)
+
+
+def test_http_1_0_with_transfer_encoding_is_faulty_framing(gateway: Gateway, sim: Simulator) -> None:
+    answer = _talk(
+        gateway.port,
+        f"POST {EMBEDDINGS} HTTP/1.0\r\nHost: gw\r\nConnection: keep-alive\r\n{BEARER}"
+        "Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+        "GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n".encode(),  # pipelined behind it
+    )
+    assert answer.startswith(b"HTTP/1.1 400 ") and answer.count(b"Content-Length: ") == 1  # one answer
+    assert b'"status": "ok"' not in answer  # the pipelined request was never read
+    assert sim.journal() == []
+
+
+def test_a_bare_lf_in_the_header_block_is_refused(gateway: Gateway, sim: Simulator) -> None:
+    for block in (
+        f"GET /platform/v1/models HTTP/1.1\r\nHost: gw\r\n{BEARER}OpenAI-Organization: a\nX-Injected: 1\r\n",
+        "GET /platform/v1/models HTTP/1.1\nHost: gw\n" + BEARER.replace("\r\n", "\n"),
+    ):
+        answer = _talk(gateway.port, (block + "Connection: close\r\n\r\n").encode())
+        assert answer.startswith(b"HTTP/1.1 400 ") and b'"code":"bad_request"' in answer
+    assert sim.journal() == []
+
+
+def test_chunk_extensions_trailers_and_leading_empty_lines_are_accepted(
+    gateway: Gateway, sim: Simulator
+) -> None:
+    body = b'{"model": "text-embedding-3-small", "input": "hello"}'
+    chunked = b'%x;name=value;other\r\n%s\r\n%x ; q="a;b"\r\n%s\r\n0;last\r\nX-Checksum: 1\r\n\r\n' % (
+        20,
+        body[:20],
+        len(body) - 20,
+        body[20:],
+    )
+    head = f"POST {EMBEDDINGS} HTTP/1.1\r\nHost: gw\r\n{BEARER}Content-Type: application/json\r\n"
+    answer = _talk(
+        gateway.port, (head + "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode() + chunked
+    )
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    (entry,) = sim.journal("platform")
+    assert base64.b64decode(entry["body_b64"]) == body
+    # Empty lines before a request line are ignored, after a body as on a fresh connection.
+    first = "POST /healthz HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\nab\r\n\r\n"
+    second = "\r\n\n\r\nGET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+    answer = _talk(gateway.port, (first + second).encode())
+    assert answer.count(b"HTTP/1.1 405 ") == 1 and answer.count(b"HTTP/1.1 200 ") == 1
