@@ -30,6 +30,7 @@ LAYERS: dict[str, float] = {
     "diagnosis": 1,
     "access": 1,
     "bodies": 1,
+    "cors": 1,
     "credentials": 1,
     "body_intake": 1,
     "sealing": 1,

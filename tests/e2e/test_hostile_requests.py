@@ -7,7 +7,7 @@ import base64
 import socket
 from collections.abc import Callable
 
-from tests.harness import Gateway, Simulator, raw_exchange, read_all, wait_for
+from tests.harness import Gateway, Simulator, raw_exchange, read_all, request, wait_for
 from tests.secrets_used import API_KEY, CLIENT_KEY, INVALID_API_KEY, OPAQUE_TOKEN
 from tornadoproxy.access import key_digest
 
@@ -115,3 +115,57 @@ def test_chunk_extensions_trailers_and_leading_empty_lines_are_accepted(
     second = "\r\n\n\r\nGET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
     answer = _talk(gateway.port, (first + second).encode())
     assert answer.count(b"HTTP/1.1 405 ") == 1 and answer.count(b"HTTP/1.1 200 ") == 1
+
+
+def test_paths_that_a_decoder_could_read_as_dot_segments_are_refused(
+    gateway: Gateway, sim: Simulator
+) -> None:
+    tricks = [
+        "/platform/v1/..;/v1/models",  # a Java server drops ";..." and sees ".."
+        "/platform/v1/.../models",
+        "/platform/v1/%c0%ae%c0%ae/models",  # overlong UTF-8 for ".."
+        "/platform/v1/%ef%bc%8e%ef%bc%8e/models",  # fullwidth ".." (NFKC)
+        "/platform/v1/models%ef%bc%8fx",  # fullwidth "/"
+        "/platform/v1/models?a=%00",  # an encoded NUL in the query
+    ]
+    for path in tricks:
+        answer = _talk(
+            gateway.port, f"GET {path} HTTP/1.1\r\nHost: gw\r\n{BEARER}Connection: close\r\n\r\n".encode()
+        )
+        assert answer.startswith(b"HTTP/1.1 400 ") and b'"code":"bad_request"' in answer, path
+    assert sim.journal() == []
+    ordinary = _talk(
+        gateway.port,
+        f"GET /platform/v1/models?q=a%0Ab HTTP/1.1\r\nHost: gw\r\n{BEARER}Connection: close\r\n\r\n".encode(),
+    )
+    assert ordinary.startswith(b"HTTP/1.1 200 ")  # other escapes in a query are the upstream's
+
+
+def test_a_cors_preflight_needs_no_client_key_and_echoes_only_header_names(
+    make_gateway: Callable[..., Gateway], sim: Simulator
+) -> None:
+    gw = make_gateway(
+        {
+            "access": {"client_keys": [key_digest(CLIENT_KEY)]},
+            "server": {"cors_origins": ["https://app.example"]},
+            "readiness": {"enabled": False},
+        },
+        ready=False,
+    )
+    preflight = {
+        "Origin": "https://app.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, x-gateway-key, x-stainless-os, bad header, <b>",
+    }
+    answer = request("OPTIONS", gw.url + "/platform/v1/chat/completions", headers=preflight)
+    assert answer.status == 204  # a browser's preflight never carries the key
+    assert answer.header("Access-Control-Allow-Origin") == "https://app.example"
+    assert answer.header("Access-Control-Allow-Headers") == "authorization, x-gateway-key, x-stainless-os"
+    assert answer.header("Vary") == "Origin, Access-Control-Request-Headers"
+    # The real request (and an OPTIONS that is no preflight) still needs the key.
+    assert request("OPTIONS", gw.url + "/platform/v1/models").status == 401
+    real = request(
+        "POST", gw.url + "/platform/v1/chat/completions", headers={"Origin": "https://app.example"}
+    )
+    assert real.status == 401 and real.json()["error"]["code"] == "gateway_key_required"
+    assert sim.journal() == []

@@ -16,6 +16,7 @@ from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from tornadoproxy.body_intake import BodyBuffer
+from tornadoproxy.cors import is_preflight, origin_headers, preflight_headers
 from tornadoproxy.credentials import HEADERS, client_address, upstream_authorization
 from tornadoproxy.diagnosis import diagnose
 from tornadoproxy.errors import (
@@ -91,8 +92,10 @@ class BaseHandler(RequestHandler):
         """Why this request is refused before it is read: access, size, then the raw path."""
         policy = self.services.access
         if not policy.open and not self.open_access and not self.trusted_listener:
+            headers = self.request.headers
             try:
-                policy.check(self.client_address, self.request.headers.get(policy.key_header))
+                preflight = is_preflight(self.request.method, headers)
+                policy.check(self.client_address, headers.get(policy.key_header), needs_key=not preflight)
             except GatewayError as error:
                 return error
         limit = self.services.config.server.max_body_size
@@ -152,28 +155,20 @@ class BaseHandler(RequestHandler):
 
     def _apply_cors(self) -> None:
         origins = self.services.config.server.cors_origins
-        if not origins:
-            return
-        if "*" in origins:
-            self.set_header("Access-Control-Allow-Origin", "*")
-            return
-        origin = self.request.headers.get("Origin")
-        if origin in origins:
-            self.set_header("Access-Control-Allow-Origin", origin)
-            self.set_header("Vary", "Origin")
+        if origins:
+            for name, value in origin_headers(origins, self.request.headers.get("Origin")):
+                self.set_header(name, value)
 
     def options(self, *_args: str) -> None:
-        """CORS preflight, answered by the gateway for every route."""
+        """CORS preflight, answered by the gateway for every route (cors.py)."""
         self.check_request()
         self.set_status(204)
         if self.services.config.server.cors_origins:
-            self.set_header("Access-Control-Allow-Methods", ", ".join(self.SUPPORTED_METHODS))
             requested = self.request.headers.get("Access-Control-Request-Headers")
-            self.set_header(
-                "Access-Control-Allow-Headers",
-                requested or "Authorization, X-Authorization, Content-Type, OpenAI-Organization",
-            )
-            self.set_header("Access-Control-Max-Age", "86400")
+            key_header = self.services.access.key_header
+            for name, value in preflight_headers(self.SUPPORTED_METHODS, requested, key_header):
+                varies = self._headers.get("Vary") if name == "Vary" else None
+                self.set_header(name, f"{varies}, {value}" if varies else value)
         self.finish()
 
     def fail(self, error: GatewayError) -> None:
