@@ -28,9 +28,13 @@ LAYERS: dict[str, float] = {
     "fingerprint_options": 1.2,  # a browser profile as curl-impersonate options
     "egress": 1,
     "forwarding": 1,
+    "framing": 1,
     "diagnosis": 1,
     "access": 1,
     "bodies": 1,
+    "cors": 1,
+    "credentials": 1,
+    "body_intake": 1,
     "sealing": 1,
     "pages": 1,
     "limits": 1,

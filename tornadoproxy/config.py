@@ -220,6 +220,13 @@ class FetchConfig:
         "larger ones are relayed as they arrive",
         between(1024, 1024 * MIB),
     )
+    max_decoded_size: int = option(
+        100 * MIB,
+        "largest body a compressed (gzip, br) upstream answer may decode to; past it, or past 16 MiB "
+        "decoded at more than 100 times the encoded size, the answer ends: 502 upstream_too_large "
+        "before the status is sent, a final error event in a stream, a cut connection otherwise",
+        positive,
+    )
     ca_file: str = option(
         "",
         "PEM file of the CAs trusted for upstream (and https:// proxy) TLS instead of the system "

@@ -73,6 +73,10 @@ class CurlClient(CurlAsyncHTTPClient):
         except pycurl.error:
             pass  # the transfer failed while paused; _finish reports it
 
+    def downloaded(self, handle: object) -> int:
+        assert isinstance(handle, pycurl.Curl)
+        return int(handle.getinfo(pycurl.SIZE_DOWNLOAD_T))
+
     def _set_timeout(self, msecs: int) -> None:
         """libcurl's TIMERFUNCTION: one timer, on the asyncio loop directly. -1 means "no timer"
         (tornado would run it at once); libcurl calls this for every transfer it starts."""

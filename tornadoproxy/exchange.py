@@ -10,6 +10,8 @@ transfer ends (classify, fail over, release the gate slot) is the fetcher's.
 from __future__ import annotations
 
 import asyncio
+import copy
+import logging
 import time
 from typing import TYPE_CHECKING, Protocol
 
@@ -17,6 +19,8 @@ from tornadoproxy.curl_errors import CurlFailure
 from tornadoproxy.egress import EgressProxy
 from tornadoproxy.errors import UpstreamError
 from tornadoproxy.transport import WRITE_ERROR, WRITE_PAUSE
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from tornadoproxy.egress_pool import EgressPools
@@ -26,6 +30,11 @@ if TYPE_CHECKING:
 
 # Pause the transfer when this much body waits for a slow client.
 _HIGH_WATER = 256 * 1024
+# A compressed answer is ended once it has decoded to more than fetch.max_decoded_size, or to more
+# than RATIO_FROM bytes at over MAX_RATIO times its encoded size (gzip tops out near 1,030, brotli far
+# higher; real JSON and SSE stay well below 100).
+RATIO_FROM = 16 * 1024 * 1024
+MAX_RATIO = 100
 
 
 class Owner(Protocol):
@@ -47,6 +56,7 @@ class Exchange:
         route: UpstreamRoute,
         proxy: EgressProxy,
         gated: bool,
+        max_decoded: int,
     ) -> None:
         self.request = request
         self.route = route
@@ -74,15 +84,24 @@ class Exchange:
         self._buffered = 0
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
+        # libcurl decodes gzip and br itself; the write callback counts what it decoded, libcurl's
+        # SIZE_DOWNLOAD what came over the wire. Checked in read(), where getinfo is allowed (pycurl
+        # refuses it inside callbacks); the transfer pauses past _HIGH_WATER, so at most that much
+        # more is decoded before a check.
+        self._max_decoded = max_decoded
+        self._coded = False  # the answer has a Content-Encoding
+        self._decoded = 0
+        self._encoded = 0  # as read at the end of the transfer
 
     # -- the consumer side (handlers) -----------------------------------------------------------
     async def wait_headers(self) -> None:
         """Return once the final status and headers are in; raise UpstreamError if none will come."""
         while not self.headers_complete:
             if self.finished or self.aborted_reason is not None:
-                raise self.error or UpstreamError(
-                    f"the {self.route.name} upstream closed the connection without a response"
-                )
+                if self.error is not None:
+                    raise self._raised_error()
+                name = self.route.name
+                raise UpstreamError(f"the {name} upstream closed the connection without a response")
             await self._wait()
 
     async def read(self) -> bytes | None:
@@ -93,8 +112,10 @@ class Exchange:
             await self._wait()
         if self.aborted_reason is not None:
             if self.error is not None:
-                raise self.error
+                raise self._raised_error()
             return None
+        if self._coded and self._decoded > min(RATIO_FROM, self._max_decoded):
+            self._check_inflation()
         if self._chunks:
             data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
             self._chunks = []
@@ -104,9 +125,38 @@ class Exchange:
             return data
         if self.finished:
             if self.error is not None:
-                raise self.error
+                raise self._raised_error()
             return None
         return b""
+
+    def _check_inflation(self) -> None:
+        """Abort a compressed answer that decodes to too much, and raise why."""
+        encoded = self._encoded
+        if self._transport is not None and self._handle is not None:
+            encoded = self._transport.downloaded(self._handle)
+        problem = inflation_problem(self._decoded, encoded, self._max_decoded)
+        if problem is None:
+            return
+        name = self.route.name
+        self._owner.metrics.count_upstream_error(name, "protocol")
+        error = UpstreamError(
+            f"the {name} upstream's compressed answer {problem}", kind="protocol", code="upstream_too_large"
+        )
+        log.warning("the %s upstream's compressed answer was cut: %s", name, problem)
+        self._chunks = []
+        if self.finished:
+            self.error = error
+        else:
+            self.abort("too_large", error)
+        raise self._raised_error()
+
+    def _raised_error(self) -> UpstreamError:
+        """A copy of `error` for the consumer to raise. Raising the stored exception itself would
+        attach the consumer's traceback to it, and so its frames (handler, body, this exchange) to
+        the exchange: a reference cycle that only a full garbage collection frees, rare with the
+        gateway's collector thresholds (server.GC_THRESHOLDS)."""
+        assert self.error is not None
+        return copy.copy(self.error)
 
     def abort(self, reason: str, error: UpstreamError | None = None) -> None:
         """Stop the transfer at once (client gone, shutdown, idle): its connection is closed.
@@ -158,6 +208,10 @@ class Exchange:
         elif line == "\r\n" or line == "\n":
             if self.status >= 200 and not self.headers_complete:
                 self.headers_complete = True
+                self._coded = any(
+                    n.lower() == "content-encoding" and v.lower() not in ("", "identity")
+                    for n, v in self.headers
+                )
                 self._owner.egress.mark_ok(self.route.name, self.proxy)
                 self._owner.metrics.observe_first_byte(self.route.name, time.monotonic() - self.started_at)
                 self._wake()
@@ -180,6 +234,7 @@ class Exchange:
             self._paused = True
             return WRITE_PAUSE
         self._last_activity = self._quiet_since = time.monotonic()
+        self._decoded += len(chunk)
         self._chunks.append(chunk)
         self._buffered += len(chunk)
         self._wake()
@@ -192,6 +247,8 @@ class Exchange:
 
     def on_ended(self, failure: CurlFailure | None) -> None:
         """libcurl is done with this attempt (None: completed; a non-2xx answer is data)."""
+        if self._coded and self._transport is not None and self._handle is not None:
+            self._encoded = self._transport.downloaded(self._handle)  # still valid here
         self._handle = None  # the handle is reset and reused from now on
         self._paused = False
         if self._owner.transfer_ended(self, failure if self.aborted_reason is None else None):
@@ -215,3 +272,12 @@ class Exchange:
     @property
     def received_nothing(self) -> bool:
         return not self.headers_complete and not self._chunks
+
+
+def inflation_problem(decoded: int, encoded: int, ceiling: int) -> str | None:
+    """Why an answer that decoded `decoded` bytes from `encoded` must end, or None."""
+    if decoded > ceiling:
+        return f"decodes to more than {ceiling} bytes (fetch.max_decoded_size)"
+    if decoded > RATIO_FROM and decoded > MAX_RATIO * max(encoded, 1):
+        return f"expands more than {MAX_RATIO} times (over {decoded} bytes from {encoded})"
+    return None

@@ -94,7 +94,7 @@ class Fetcher:
             await self._gate.acquire()
         proxy = self.egress.choose(route.name)
         assert proxy is not None  # a first attempt always gets a proxy
-        exchange = Exchange(self, request, route, proxy, gated)
+        exchange = Exchange(self, request, route, proxy, gated, self.config.max_decoded_size)
         self._open.add(exchange)
         self._start(exchange)
         return exchange

@@ -21,7 +21,7 @@ import collections
 import logging
 from typing import Any
 
-from curl_cffi import Curl, CurlError, CurlOpt, CurlShare
+from curl_cffi import Curl, CurlError, CurlInfo, CurlOpt, CurlShare
 from curl_cffi._wrapper import ffi, lib
 from curl_cffi.aio import AsyncCurl
 from curl_cffi.const import CurlHttpVersion, CurlLockData
@@ -158,6 +158,10 @@ class ImpersonationClient:
             handle.pause(0)  # CURLPAUSE_CONT; may call on_write at once with what libcurl held
         except CurlError:
             pass  # the transfer failed while paused; finished() reports it
+
+    def downloaded(self, handle: object) -> int:
+        assert isinstance(handle, Curl)
+        return int(handle.getinfo(CurlInfo.SIZE_DOWNLOAD_T))  # type: ignore[arg-type]
 
     def finished(self, easy: Any, errno: int) -> None:
         """The multi handle says a transfer is done (errno 0: completed)."""

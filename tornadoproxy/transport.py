@@ -75,6 +75,11 @@ class Transport(Protocol):
         """Resume a transfer paused by WRITE_PAUSE (may call on_write at once)."""
         ...
 
+    def downloaded(self, handle: object) -> int:
+        """Bytes received so far as they came over the wire (before libcurl decoded them); never
+        called from inside a libcurl callback (pycurl refuses getinfo there)."""
+        ...
+
     @property
     def active(self) -> int:
         """Transfers started and not yet ended."""
