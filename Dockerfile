@@ -2,15 +2,18 @@
 # first stage; the final stage copies only that virtualenv onto a clean slim base (no compiler, no pip in
 # the virtualenv, no sources), runs as a non-root user and is health-checked. The pycurl and curl_cffi
 # wheels bundle their own libcurl: nothing from apt is needed at run time.
+
+# The version the image is labelled with. The build fails unless it is the package's own
+# (tornadoproxy/__init__.py), so the label cannot drift from `tornadoproxy --version`.
+ARG VERSION=0.1.0
+
 FROM python:3.11-slim-bookworm AS build
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY setup.py constraints.txt ./
 COPY tornadoproxy ./tornadoproxy
-# The version the image is labelled with; the build fails unless it is the package's own
-# (tornadoproxy/__init__.py), so the label cannot drift from `tornadoproxy --version`.
-ARG VERSION=0.1.0
+ARG VERSION
 RUN pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt .
 RUN test -f "/wheels/tornadoproxy-${VERSION}-py3-none-any.whl" \
     || { echo "ARG VERSION=${VERSION} is not the package's version: $(ls /wheels)" >&2; exit 1; }
@@ -20,7 +23,8 @@ RUN python -m venv /opt/tornadoproxy \
 
 FROM python:3.11-slim-bookworm
 
-ARG VERSION=0.1.0
+ARG VERSION
+# The commit and its time (RFC 3339), as `docker build --build-arg` gives them (README "Deployment").
 ARG REVISION=unknown
 ARG CREATED=unknown
 LABEL org.opencontainers.image.title="tornadoproxy" \

@@ -1,10 +1,19 @@
 """tornadoproxy: a self-hosted gateway in front of the ChatGPT web backend and the OpenAI Platform API."""
 
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# The one place the version is written: tornadoproxy/__init__.py (read, not imported: importing the
+# package would need its requirements before they are installed).
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"$', (Path(__file__).parent / "tornadoproxy/__init__.py").read_text(), re.M
+).group(1)
 
 setup(
     name="tornadoproxy",
-    version="0.1.0",
+    version=VERSION,
     description=__doc__,
     python_requires=">=3.11",
     packages=find_packages(include=["tornadoproxy", "tornadoproxy.*"]),
