@@ -35,6 +35,7 @@ setup(
             "brotli>=1.1",  # to send br bodies from the simulator (decoding is libcurl's)
             "dockerfile>=3.3",  # BuildKit's own Dockerfile parser, for the Dockerfile lint
             "wheel",  # the Dockerfile's pip install step is replayed offline (no build isolation)
+            "kubernetes-validate>=1.30",  # the Kubernetes manifests against the API's own schemas, offline
             "ruff>=0.6",
             "mypy>=1.10",
             "types-PyYAML",

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import subprocess
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from tests.conftest import base_config
 from tests.deploy.podman import BASE_NAMES, Podman
-from tests.harness import Simulator, request, wait_for
+from tests.harness import ROOT, Simulator, request, wait_for
 from tests.secrets_used import ACCESS_TOKEN, API_KEY
 from tornadoproxy import __version__
+from tornadoproxy.config import load_config
 
 # What the final stage adds to the base: the virtualenv (about 50 MB today, curl_cffi's wheel will
 # add its own libcurl). A compiler, a pip cache or the sources in there would show well above this.
@@ -179,3 +184,35 @@ def conversation(text: str) -> bytes:
             "model": "text-davinci-002-render-sha",
         }
     ).encode()
+
+
+def test_the_kubernetes_init_step_runs_in_the_image(
+    podman: Podman, gateway_image: str, tmp_path: Path
+) -> None:
+    """The Deployment's init container, as it runs there: the image's Python merges the ConfigMap's
+    file and the Secret's into a volume, and the gateway accepts the result."""
+    kubernetes = ROOT / "deploy" / "kubernetes"
+    etc = tmp_path / "etc"  # the ConfigMap's files with the Secret's mounted below them, as in the pod
+    (etc / "secret").mkdir(parents=True)
+    for name in ("tornadoproxy.yaml", "merge_config.py"):
+        shutil.copy2(kubernetes / "base" / name, etc / name)
+    shutil.copy2(
+        kubernetes / "overlays" / "production" / "secret.yaml.example", etc / "secret" / "secret.yaml"
+    )
+    for path in (etc, etc / "secret", *etc.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    out = tmp_path / "run"
+    out.mkdir(mode=0o777)
+    out.chmod(0o777)  # written by the image's user
+    init = yaml.safe_load((kubernetes / "base" / "deployment.yaml").read_text())["spec"]["template"]["spec"][
+        "initContainers"
+    ][0]
+    podman.run(
+        "run", "--rm", "--network", "none", "--read-only", "--cap-drop", "ALL",
+        "--volume", f"{etc}:/etc/tornadoproxy:ro",
+        "--volume", f"{out}:/run/tornadoproxy",
+        "--entrypoint", init["command"][0], gateway_image, *init["command"][1:],
+    )  # fmt: skip
+    (written,) = out.iterdir()
+    config = load_config(str(written), {})
+    assert config.tokens.store == "redis" and config.tokens.redis_url.startswith("redis://:")
