@@ -35,6 +35,9 @@ from tests.harness import ROOT, Simulator, deep_merge, free_port, request, wait_
 from tests.secrets_used import LOGIN_PASSWORD
 from tornadoproxy import __version__
 
+# The first test of a fresh machine makes the stand-in base and builds the image (about a minute here).
+pytestmark = pytest.mark.timeout(600)
+
 DEPLOY = ROOT / "deploy"
 STANDINS = Path(__file__).parent / "standins"
 # Debian's podman-compose, through a shim for its one defect with host networking (see that file).

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.conftest import base_config
@@ -25,6 +26,9 @@ from tests.harness import ROOT, Simulator, request, wait_for
 from tests.secrets_used import ACCESS_TOKEN, API_KEY
 from tornadoproxy import __version__
 from tornadoproxy.config import load_config
+
+# The first test of a fresh machine makes the stand-in base and builds the image (about a minute here).
+pytestmark = pytest.mark.timeout(600)
 
 # What the final stage adds to the base: the virtualenv (about 50 MB today, curl_cffi's wheel will
 # add its own libcurl). A compiler, a pip cache or the sources in there would show well above this.
