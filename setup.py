@@ -1,10 +1,19 @@
 """tornadoproxy: a self-hosted gateway in front of the ChatGPT web backend and the OpenAI Platform API."""
 
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# The one place the version is written: tornadoproxy/__init__.py (read, not imported: importing the
+# package would need its requirements before they are installed).
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"$', (Path(__file__).parent / "tornadoproxy/__init__.py").read_text(), re.M
+).group(1)
 
 setup(
     name="tornadoproxy",
-    version="0.1.0",
+    version=VERSION,
     description=__doc__,
     python_requires=">=3.11",
     packages=find_packages(include=["tornadoproxy", "tornadoproxy.*"]),
@@ -30,6 +39,7 @@ setup(
             "h2>=4.1",  # the TLS endpoint's HTTP/2 side, for Akamai fingerprints (tests/tls_endpoint.py)
             "dockerfile>=3.3",  # BuildKit's own Dockerfile parser, for the Dockerfile lint
             "wheel",  # the Dockerfile's pip install step is replayed offline (no build isolation)
+            "kubernetes-validate>=1.30",  # the Kubernetes manifests against the API's own schemas, offline
             "ruff>=0.6",
             "mypy>=1.10",
             "types-PyYAML",
