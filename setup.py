@@ -20,6 +20,9 @@ setup(
     install_requires=[
         "tornado>=6.6,<6.7",  # the fetcher relies on 6.6's curl client (streaming buffer, handle reset)
         "pycurl>=7.45",
+        # The browser profiles' engine (impersonation.py): curl-impersonate's libcurl on BoringSSL.
+        # Pinned to a minor: the engine reads two of its handle attributes (impersonation.py).
+        "curl_cffi>=0.17,<0.18",
         "cachetools>=5.3",
         "PyYAML>=6.0",
         "prometheus-client>=0.20",
@@ -33,6 +36,7 @@ setup(
             "openai>=1.40",
             "hypothesis>=6.100",
             "brotli>=1.1",  # to send br bodies from the simulator (decoding is libcurl's)
+            "h2>=4.1",  # the TLS endpoint's HTTP/2 side, for Akamai fingerprints (tests/tls_endpoint.py)
             "dockerfile>=3.3",  # BuildKit's own Dockerfile parser, for the Dockerfile lint
             "wheel",  # the Dockerfile's pip install step is replayed offline (no build isolation)
             "kubernetes-validate>=1.30",  # the Kubernetes manifests against the API's own schemas, offline

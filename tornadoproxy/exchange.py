@@ -1,9 +1,10 @@
 """One upstream request in flight, as libcurl hands it over: status and headers, then the body.
 
-The exchange receives libcurl's own header and body callbacks (set by the fetcher), so data arrives
-in libcurl's order without an IOLoop callback per piece, and the transfer pauses when the consumer
-falls behind. The consumer (a handler, a login step, a probe) awaits `wait_headers()` and `read()`.
-What to do when a transfer ends (classify, fail over, release the gate slot) is the fetcher's.
+The exchange is the sink of its transfers (transport.Sink): it receives libcurl's own header and
+body callbacks from whichever engine runs its profile, so data arrives in libcurl's order without an
+IOLoop callback per piece, and the transfer pauses when the consumer falls behind. The consumer
+(a handler, a login step, a probe) awaits `wait_headers()` and `read()`. What to do when a
+transfer ends (classify, fail over, release the gate slot) is the fetcher's.
 """
 
 from __future__ import annotations
@@ -14,17 +15,17 @@ import logging
 import time
 from typing import TYPE_CHECKING, Protocol
 
-import pycurl
-
 from tornadoproxy.curl_errors import CurlFailure
 from tornadoproxy.egress import EgressProxy
 from tornadoproxy.errors import UpstreamError
+from tornadoproxy.transport import WRITE_ERROR, WRITE_PAUSE
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from tornadoproxy.egress_pool import EgressPools
     from tornadoproxy.metrics import Metrics
+    from tornadoproxy.transport import Transport
     from tornadoproxy.upstream import UpstreamRequest, UpstreamRoute
 
 # Pause the transfer when this much body waits for a slow client.
@@ -43,8 +44,6 @@ class Owner(Protocol):
     egress: EgressPools
 
     def transfer_ended(self, exchange: Exchange, failure: CurlFailure | None) -> bool: ...
-
-    def cancel(self, curl: pycurl.Curl) -> None: ...
 
 
 class Exchange:
@@ -79,7 +78,8 @@ class Exchange:
         self._quiet_since = self.started_at
         self._loop = asyncio.get_running_loop()
         self._owner = owner
-        self._curl: pycurl.Curl | None = None
+        self._transport: Transport | None = None  # the engine running the current attempt
+        self._handle: object | None = None  # its handle for the attempt, while it runs
         self._chunks: list[bytes] = []  # a list, not a deque: 56 bytes against 600 per open stream
         self._buffered = 0
         self._paused = False
@@ -132,8 +132,8 @@ class Exchange:
     def _check_inflation(self) -> None:
         """Abort a compressed answer that decodes to too much, and raise why."""
         encoded = self._encoded
-        if self._curl is not None:
-            encoded = int(self._curl.getinfo(pycurl.SIZE_DOWNLOAD_T))
+        if self._transport is not None and self._handle is not None:
+            encoded = self._transport.downloaded(self._handle)
         problem = inflation_problem(self._decoded, encoded, self._max_decoded)
         if problem is None:
             return
@@ -165,8 +165,8 @@ class Exchange:
             self.aborted_reason = reason
             self.error = error
             self._wake()
-            if self._curl is not None:
-                self._owner.cancel(self._curl)
+            if self._transport is not None and self._handle is not None:
+                self._transport.cancel(self._handle)
 
     async def _wait(self) -> None:
         waiter = self._loop.create_future()
@@ -191,10 +191,11 @@ class Exchange:
         """Seconds since the upstream last sent a byte (or since the attempt started)."""
         return now - self._last_activity
 
-    def on_curl_ready(self, curl: pycurl.Curl) -> None:
-        self._curl = curl
+    def on_started(self, transport: Transport, handle: object) -> None:
+        self._transport = transport
+        self._handle = handle
 
-    def on_header(self, raw: bytes) -> None:
+    def on_header(self, raw: bytes) -> int:
         """HEADERFUNCTION: one header line, called by libcurl as it parses them."""
         self._last_activity = time.monotonic()
         line = raw.decode("latin-1")
@@ -218,41 +219,37 @@ class Exchange:
             name, _, value = line.partition(":")
             if name and not name[0].isspace():
                 self.headers.append((name.strip(), value.strip()))
+        return len(raw)
 
-    def on_write(self, chunk: bytes) -> int | None:
+    def on_write(self, chunk: bytes) -> int:
         """WRITEFUNCTION: body bytes as libcurl receives them.
 
-        Over the high-water mark the chunk is refused with WRITEFUNC_PAUSE: libcurl keeps it, stops
+        Over the high-water mark the chunk is refused with WRITE_PAUSE: libcurl keeps it, stops
         reading the socket, and hands it over again once `read()` resumes the transfer. A slow
         client thereby slows its upstream instead of growing our memory. An abort makes the write
         fail at once (a silent upstream is covered by the progress callback)."""
         if self.aborted_reason is not None:
-            return 0
+            return WRITE_ERROR
         if self._buffered >= _HIGH_WATER:
             self._paused = True
-            return pycurl.WRITEFUNC_PAUSE
+            return WRITE_PAUSE
         self._last_activity = self._quiet_since = time.monotonic()
         self._decoded += len(chunk)
         self._chunks.append(chunk)
         self._buffered += len(chunk)
         self._wake()
-        return None
+        return len(chunk)
 
     def _resume(self) -> None:
         self._paused = False
-        if self._curl is not None:
-            try:
-                # May call on_write() at once with the chunk libcurl held back.
-                self._curl.pause(pycurl.PAUSE_CONT)
-            except pycurl.error:
-                pass  # the transfer failed while paused; on_finished reports it
+        if self._transport is not None and self._handle is not None:
+            self._transport.resume(self._handle)  # may call on_write() at once with what was held
 
-    def on_ended(self, curl: pycurl.Curl, errno: int, message: str) -> None:
-        """libcurl is done with this attempt (errno 0: completed; a non-2xx answer is data)."""
-        failure = _failure_of(curl, errno, message) if errno else None
-        if self._coded:
-            self._encoded = int(curl.getinfo(pycurl.SIZE_DOWNLOAD_T))
-        self._curl = None  # the handle is reset and reused from now on
+    def on_ended(self, failure: CurlFailure | None) -> None:
+        """libcurl is done with this attempt (None: completed; a non-2xx answer is data)."""
+        if self._coded and self._transport is not None and self._handle is not None:
+            self._encoded = self._transport.downloaded(self._handle)  # still valid here
+        self._handle = None  # the handle is reset and reused from now on
         self._paused = False
         if self._owner.transfer_ended(self, failure if self.aborted_reason is None else None):
             return  # sent again: through the next egress proxy, or after a failed connect
@@ -284,14 +281,3 @@ def inflation_problem(decoded: int, encoded: int, ceiling: int) -> str | None:
     if decoded > RATIO_FROM and decoded > MAX_RATIO * max(encoded, 1):
         return f"expands more than {MAX_RATIO} times (over {decoded} bytes from {encoded})"
     return None
-
-
-def _failure_of(curl: pycurl.Curl, errno: int, message: str) -> CurlFailure:
-    """What libcurl said about a failed transfer, read before the handle is reset."""
-    connect_code = proxy_code = 0
-    try:
-        connect_code = int(curl.getinfo(pycurl.HTTP_CONNECTCODE))
-        proxy_code = int(curl.getinfo(pycurl.PROXY_ERROR))
-    except pycurl.error:
-        pass
-    return CurlFailure(errno, message, connect_code, proxy_code)

@@ -99,10 +99,16 @@ def _gzip_bomb(size: int) -> bytes:
     return gzip.compress(b"\0" * size, compresslevel=9)
 
 
+# The bound holds on both engines: pycurl (plain) and curl_cffi (a browser profile).
+ENGINES = pytest.mark.parametrize("profile", ["plain", "chrome"])
+
+
+@ENGINES
 def test_a_decompression_bomb_is_answered_502_before_the_status_goes_out(
-    make_gateway: Callable[..., Gateway], sim: Simulator
+    make_gateway: Callable[..., Gateway], sim: Simulator, profile: str
 ) -> None:
-    gw = make_gateway({"fetch": {"buffer_size": 64 * MIB}})  # the whole answer is held before sending
+    # The whole answer is held before sending.
+    gw = make_gateway({"fetch": {"buffer_size": 64 * MIB}, "profiles": {"platform": profile}})
     bomb = _gzip_bomb(48 * MIB)
     sim.script("platform", "/v1/models", _compressed(bomb))
     answer = request("GET", gw.url + "/platform/v1/models", headers=AUTH)
@@ -115,7 +121,11 @@ def test_a_decompression_bomb_is_answered_502_before_the_status_goes_out(
     assert errors == 1
 
 
-def test_a_bomb_relayed_as_it_arrives_is_cut(gateway: Gateway, sim: Simulator) -> None:
+@ENGINES
+def test_a_bomb_relayed_as_it_arrives_is_cut(
+    make_gateway: Callable[..., Gateway], sim: Simulator, profile: str
+) -> None:
+    gateway = make_gateway({"profiles": {"platform": profile}})
     sim.script("platform", "/v1/models", _compressed(_gzip_bomb(256 * MIB)))
     with streaming(gateway.url + "/platform/v1/models", "GET", headers=AUTH) as response:
         assert response.status == 200  # past fetch.buffer_size the status went out
@@ -146,10 +156,12 @@ def test_a_compressed_stream_that_expands_too_much_ends_with_an_error_event(
     assert b"event: error" in answer.body and b'"code":"upstream_too_large"' in answer.body
 
 
+@ENGINES
 def test_the_decoded_size_has_a_ceiling_whatever_the_ratio(
-    make_gateway: Callable[..., Gateway], sim: Simulator
+    make_gateway: Callable[..., Gateway], sim: Simulator, profile: str
 ) -> None:
-    gw = make_gateway({"fetch": {"max_decoded_size": 2 * MIB, "buffer_size": 4 * MIB}})
+    fetch = {"max_decoded_size": 2 * MIB, "buffer_size": 4 * MIB}
+    gw = make_gateway({"fetch": fetch, "profiles": {"platform": profile}})
     text = base64.b64encode(random.Random(7).randbytes(3 * MIB))  # compresses only about 1.3 times
     sim.script("platform", "/v1/models", _compressed(gzip.compress(text)))
     answer = request("GET", gw.url + "/platform/v1/models", headers=AUTH)
