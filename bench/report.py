@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 BASELINES = ("direct", "nginx", "naive")
-SHOWN = ("direct", "nginx", "naive", "gateway")
+SHOWN = ("direct", "nginx", "naive", "gateway", "gateway-chrome")
 Record = dict[str, Any]
 
 
@@ -148,6 +148,23 @@ def headline(records: list[Record]) -> str:
     return "\n".join(lines)
 
 
+def engines(records: list[Record]) -> str:
+    """The curl_cffi engine (gateway-chrome) against the pycurl engine (gateway), same run."""
+    table = values(records)
+    pycurl, cffi = table.get("gateway", {}), table.get("gateway-chrome", {})
+    if not pycurl or not cffi:
+        return "(run both `gateway` and `gateway-chrome` for this table)"
+    lines = ["| metric | pycurl (plain) | curl_cffi (chrome) | curl_cffi ÷ pycurl |", "|---|---|---|---|"]
+    for metric in METRICS:
+        if pycurl.get(metric.key) is None and cffi.get(metric.key) is None:
+            continue
+        pairs = ((pycurl, "gateway"), (cffi, "gateway-chrome"))
+        cells = [_cell(metric, row, records, name) for row, name in pairs]
+        ratio = _ratio(cffi.get(metric.key), pycurl.get(metric.key))
+        lines.append(f"| {metric.label} | " + " | ".join(cells) + f" | {ratio} |")
+    return "\n".join(lines)
+
+
 def every_system(records: list[Record]) -> str:
     table = values(records)
     systems = [s for s in ("upstream-alone", *SHOWN) if s in table]
@@ -247,6 +264,10 @@ def summary(
         "## Gateway against the baselines",
         "",
         headline(records),
+        "",
+        "## Engines: curl_cffi (browser profile) against pycurl (plain), both gateways",
+        "",
+        engines(records),
         "",
         "## Every system",
         "",

@@ -24,9 +24,11 @@ ensure_venv() {  # $1: pip extra ("" or "test")
   fi
   local target="."
   [ -n "$1" ] && target=".[$1]"
-  # Reinstall only when setup.py or the constraints changed since the last install.
+  # Reinstall only when setup.py, the constraints or the version (tornadoproxy/__init__.py, which
+  # setup.py reads) changed since the last install: the package metadata then keeps the version.
   local stamp=".venv/.installed-$1"
-  if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
+  if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ] \
+    || [ tornadoproxy/__init__.py -nt "$stamp" ]; then
     .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e "$target"
     touch "$stamp"
   fi

@@ -1,7 +1,7 @@
 """Print the Grafana dashboard deploy/grafana/dashboards/tornadoproxy.json from the panel list below.
 
 Run `python scripts/render_dashboard.py > deploy/grafana/dashboards/tornadoproxy.json` after a change;
-tests/test_deploy.py checks the file matches, and tests/e2e/test_monitoring.py evaluates every
+tests/deploy/test_files.py checks the file matches, and tests/e2e/test_monitoring.py evaluates every
 expression of the file against a real Prometheus scraping a real gateway.
 """
 

@@ -90,9 +90,11 @@ def fetch_through(
     extra: dict[str, Any],
     calls: Sequence[tuple[str, str]],
     environ: dict[str, str] | None = None,
+    body: bytes | None = None,
+    headers: Sequence[tuple[str, str]] = (("Authorization", "Bearer egress-test"),),
 ) -> tuple[list[Outcome], str]:
-    """Send GET `path` to each (upstream, path) in turn with a Fetcher built from the config;
-    return the outcomes and the metrics exposition."""
+    """Send GET `path` (POST `body`, if given) to each (upstream, path) in turn with a Fetcher built
+    from the config; return the outcomes and the metrics exposition."""
     path = tmp_path / "fetch-config.yaml"
     path.write_text(yaml.safe_dump(deep_merge(base_config(sim), extra)))
     config = load_config(str(path), environ or {})
@@ -107,12 +109,13 @@ def fetch_through(
         try:
             for upstream, target in calls:
                 url = getattr(config.upstreams, upstream) + target
-                request = UpstreamRequest(upstream, "GET", url, [("Authorization", "Bearer egress-test")])
+                method = "GET" if body is None else "POST"
+                request = UpstreamRequest(upstream, method, url, list(headers), body)
                 started = time.monotonic()
                 try:
-                    exchange, body = await fetcher.fetch(request)
+                    exchange, answer = await fetcher.fetch(request)
                     seconds = time.monotonic() - started
-                    outcomes.append(Outcome(upstream, exchange.status, body, None, seconds, exchange.proxy))
+                    outcomes.append(Outcome(upstream, exchange.status, answer, None, seconds, exchange.proxy))
                 except UpstreamError as error:
                     outcomes.append(Outcome(upstream, 0, b"", error, time.monotonic() - started, None))
         finally:

@@ -278,7 +278,8 @@ class Gateway:
             return False
 
     def log_text(self) -> str:
-        self._log.flush()
+        if not self._log.closed:  # readable after stop() too
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def log_lines(self) -> list[dict[str, Any]]:
@@ -286,6 +287,22 @@ class Gateway:
 
     def metrics(self) -> str:
         return request("GET", self.url + "/metrics").body.decode()
+
+    def access_lines(self, route: str | None = None) -> list[dict[str, Any]]:
+        """The access log so far (one line per request that ended), optionally of one route."""
+        return [
+            line
+            for line in self.log_lines()
+            if line.get("logger") == "tornadoproxy.access" and route in (None, line.get("route"))
+        ]
+
+    def rss_mb(self) -> float:
+        """The gateway process's resident memory, in MiB."""
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS line")
 
     def stop(self, timeout: float = 15.0) -> int:
         status = stop_process(self.process, timeout)
@@ -331,11 +348,12 @@ def open_stream(gw: Gateway, rcvbuf: int | None = None) -> socket.socket:
 
 
 def read_all(sock: socket.socket, timeout: float = 15) -> bytes:
-    """Everything the peer sends until it closes the connection."""
+    """Everything the peer sends until it closes (or resets) the connection."""
     sock.settimeout(timeout)
     chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
     return b"".join(chunks)
 
 

@@ -7,6 +7,8 @@ PROXY_PASSWORD = "pr0xy-p@ss:w/rd%41"
 ACCESS_TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1c2VyLXNpbSIsImV4cCI6NDEwMjQ0NDgwMH0.c2lnLXNpbS1Nd3JQ"
 EXPIRED_TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJleHBpcmVkIjp0cnVlfQ.expired-sig-Lk8w"
 CLIENT_KEY = "gw-key-5f0c1a9e7b3d4c2a8e6f1b0d9c7a5e3f"
+# A credential of no recognisable shape (no sk-, no Bearer, not a JWT): only masking by position helps.
+OPAQUE_TOKEN = "opaqueT0kenWithoutAnyShape7Qx2"
 
 # Login passwords carry what form encoding must get right: '&', '%', '=', '+' and a space.
 LOGIN_PASSWORD = "S3cr&t%41=pa+ss w0rd"
@@ -29,4 +31,5 @@ ALL = (
     ACCESS_TOKEN,
     EXPIRED_TOKEN,
     CLIENT_KEY,
+    OPAQUE_TOKEN,
 )

@@ -25,18 +25,27 @@ LAYERS: dict[str, float] = {
     "config": 1,
     "sse": 1,
     "profiles": 1,
+    "shipped_profiles": 1.2,  # the shipped profiles, data made of profiles
+    "fingerprint_options": 1.2,  # a browser profile as curl-impersonate options
     "egress": 1,
     "forwarding": 1,
+    "framing": 1,
     "diagnosis": 1,
     "access": 1,
     "bodies": 1,
+    "cors": 1,
+    "credentials": 1,
+    "body_intake": 1,
     "sealing": 1,
     "pages": 1,
     "limits": 1,
     "sharedmetrics": 1.5,  # prometheus-client's process-wide settings, below metrics
     "metrics": 2,
     "upstream": 2,
-    "curl_client": 2,
+    "transport": 2.1,  # the engine contract: Transfer, Sink, Transport
+    "curl_client": 2.2,  # the pycurl engine
+    "impersonation": 2.2,  # the curl_cffi engine
+    "engines": 2.3,  # which engine runs a profile; one transport per profile
     "gate": 2.5,
     "exchange": 2.5,
     "curl_errors": 2,
@@ -69,11 +78,12 @@ SAME_LAYER_ALLOWED = {
     ("tokenstore", "metrics"),
 }
 FORBIDDEN_THIRD_PARTY: dict[float, set[str]] = {
-    4: {"pycurl", "yaml", "cachetools"},
+    4: {"pycurl", "curl_cffi", "yaml", "cachetools"},
 }
 ONLY_HERE = {
     "yaml": {"config"},
-    "pycurl": {"fetcher", "curl_client", "exchange", "upstream", "egress", "profiles", "metrics"},
+    "pycurl": {"fetcher", "curl_client", "upstream", "egress", "profiles", "metrics"},
+    "curl_cffi": {"impersonation", "fingerprint_options", "profiles"},
     "redis": {"tokenstore", "pool"},
     "cryptography": {"sealing"},
 }

@@ -57,15 +57,16 @@ class AccessPolicy:
     def open(self) -> bool:
         return not self.digests and not self.networks
 
-    def check(self, client_address: str, presented_key: str | None) -> None:
-        """Raise the gateway error that refuses this client, or return."""
+    def check(self, client_address: str, presented_key: str | None, needs_key: bool = True) -> None:
+        """Raise the gateway error that refuses this client, or return. `needs_key` False: only the
+        network is checked (a CORS preflight, which never carries credentials)."""
         if self.networks and not self._address_allowed(client_address):
             raise GatewayError(
                 "this client address is not allowed to use the gateway (access.allowed_networks)",
                 status=403,
                 code="client_not_allowed",
             )
-        if not self.digests:
+        if not self.digests or not needs_key:
             return
         if not presented_key:
             raise GatewayError(

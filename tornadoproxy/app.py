@@ -60,7 +60,7 @@ def _record(services: Services, handler: RequestHandler) -> None:
     metrics = services.metrics
     metrics.observe_request(route, method or "other", status, seconds)
     error = getattr(handler, "error_code", None)
-    if error is not None:
+    if error is not None and not getattr(handler, "error_counted", False):
         metrics.count_gateway_error(error)
     if not services.access_log.enabled:
         return

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, TypeGuard
 
 from tornadoproxy.errors import BadRequest
 
@@ -61,6 +61,11 @@ def parse_json(raw: bytes, what: str = "the request body") -> Any:
     if _depth(value) > MAX_DEPTH:
         raise BadRequest(f"{what} is nested deeper than {MAX_DEPTH} levels")
     return value
+
+
+def is_json_string(value: Any) -> TypeGuard[str]:
+    """Whether a value from parse_json is a JSON string (its numbers are kept as str too)."""
+    return isinstance(value, str) and not isinstance(value, _Number)
 
 
 def dump_json(value: Any) -> str:

@@ -174,17 +174,29 @@ class CustomProfileConfig:
     signature_algorithms: str | None = option(None, "signature algorithms in order; empty: OpenSSL's")
     alpn: bool | None = option(None, "send ALPN (h2 and/or http/1.1 by http_version)")
     min_tls: Literal["1.2", "1.3"] | None = option(None, "lowest TLS version offered: '1.2' or '1.3'")
+    target: str | None = option(
+        None,
+        "a curl-impersonate target (e.g. chrome152, firefox153, safari270): that browser's TLS and "
+        "HTTP/2, on the curl_cffi engine; the TLS keys above then do not apply",
+    )
+    ja3: str | None = option(
+        None, "instead of a target: the TLS ClientHello as a JA3 string (curl_cffi engine)"
+    )
+    akamai: str | None = option(None, "with ja3: the HTTP/2 opening as an Akamai fingerprint string")
 
 
 @dataclass(frozen=True, slots=True)
 class ProfilesConfig:
-    chatgpt: str = option("chrome", "client profile for the ChatGPT backend (chrome, firefox, okhttp, plain)")
+    chatgpt: str = option(
+        "chrome", "client profile for the ChatGPT backend (chrome, firefox, safari, okhttp, plain)"
+    )
     auth: str = option("chrome", "client profile for the login flows (auth and platform web hosts)")
     platform: str = option("plain", "client profile for the Platform API")
     custom: Mapping[str, CustomProfileConfig] = option(
         types.MappingProxyType({}),
-        "your own profiles by name: base, headers, http_version, ciphers, tls13_ciphers, curves, "
-        "signature_algorithms, alpn, min_tls (see the README); a name of a built-in profile replaces it",
+        "your own profiles by name: base, headers, target or ja3 + akamai (browser profiles), or "
+        "http_version, ciphers, tls13_ciphers, curves, signature_algorithms, alpn, min_tls (pycurl "
+        "profiles; see the README); a name of a built-in profile replaces it",
         profile_names,
     )
 
@@ -213,6 +225,13 @@ class FetchConfig:
         "a non-streaming upstream body up to this many bytes is sent with Content-Length; "
         "larger ones are relayed as they arrive",
         between(1024, 1024 * MIB),
+    )
+    max_decoded_size: int = option(
+        100 * MIB,
+        "largest body a compressed (gzip, br) upstream answer may decode to; past it, or past 16 MiB "
+        "decoded at more than 100 times the encoded size, the answer ends: 502 upstream_too_large "
+        "before the status is sent, a final error event in a stream, a cut connection otherwise",
+        positive,
     )
     ca_file: str = option(
         "",

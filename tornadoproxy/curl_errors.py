@@ -18,7 +18,9 @@ Every egress failure happens before the tunnel to the upstream is open, so a ret
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from tornadoproxy.egress import EgressProxy
@@ -74,6 +76,24 @@ class CurlFailure:
     message: str
     connect_code: int = 0  # CURLINFO_HTTP_CONNECTCODE
     proxy_code: int = 0  # CURLINFO_PROXY_ERROR
+
+
+# CURLINFO_HTTP_CONNECTCODE and CURLINFO_PROXY_ERROR (curl.h): the same numbers in both engines.
+_INFO_CONNECT_CODE = 0x200000 + 22
+_INFO_PROXY_ERROR = 0x200000 + 59
+
+
+def failure_of(errno: int, message: str, getinfo: Callable[[int], Any] | None = None) -> CurlFailure:
+    """What libcurl said about a failed transfer; `getinfo` (the handle's, read before it is reset)
+    adds what a proxy answered."""
+    connect_code = proxy_code = 0
+    if getinfo is not None:
+        try:
+            connect_code = int(getinfo(_INFO_CONNECT_CODE))
+            proxy_code = int(getinfo(_INFO_PROXY_ERROR))
+        except Exception:  # pycurl.error or curl_cffi's CurlError: nothing more to tell
+            pass
+    return CurlFailure(errno, message, connect_code, proxy_code)
 
 
 def before_upstream(failure: CurlFailure, headers_complete: bool) -> bool:

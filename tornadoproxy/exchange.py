@@ -1,30 +1,40 @@
 """One upstream request in flight, as libcurl hands it over: status and headers, then the body.
 
-The exchange receives libcurl's own header and body callbacks (set by the fetcher), so data arrives
-in libcurl's order without an IOLoop callback per piece, and the transfer pauses when the consumer
-falls behind. The consumer (a handler, a login step, a probe) awaits `wait_headers()` and `read()`.
-What to do when a transfer ends (classify, fail over, release the gate slot) is the fetcher's.
+The exchange is the sink of its transfers (transport.Sink): it receives libcurl's own header and
+body callbacks from whichever engine runs its profile, so data arrives in libcurl's order without an
+IOLoop callback per piece, and the transfer pauses when the consumer falls behind. The consumer
+(a handler, a login step, a probe) awaits `wait_headers()` and `read()`. What to do when a
+transfer ends (classify, fail over, release the gate slot) is the fetcher's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import logging
 import time
 from typing import TYPE_CHECKING, Protocol
-
-import pycurl
 
 from tornadoproxy.curl_errors import CurlFailure
 from tornadoproxy.egress import EgressProxy
 from tornadoproxy.errors import UpstreamError
+from tornadoproxy.transport import WRITE_ERROR, WRITE_PAUSE
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from tornadoproxy.egress_pool import EgressPools
     from tornadoproxy.metrics import Metrics
+    from tornadoproxy.transport import Transport
     from tornadoproxy.upstream import UpstreamRequest, UpstreamRoute
 
 # Pause the transfer when this much body waits for a slow client.
 _HIGH_WATER = 256 * 1024
+# A compressed answer is ended once it has decoded to more than fetch.max_decoded_size, or to more
+# than RATIO_FROM bytes at over MAX_RATIO times its encoded size (gzip tops out near 1,030, brotli far
+# higher; real JSON and SSE stay well below 100).
+RATIO_FROM = 16 * 1024 * 1024
+MAX_RATIO = 100
 
 
 class Owner(Protocol):
@@ -34,8 +44,6 @@ class Owner(Protocol):
     egress: EgressPools
 
     def transfer_ended(self, exchange: Exchange, failure: CurlFailure | None) -> bool: ...
-
-    def cancel(self, curl: pycurl.Curl) -> None: ...
 
 
 class Exchange:
@@ -48,6 +56,7 @@ class Exchange:
         route: UpstreamRoute,
         proxy: EgressProxy,
         gated: bool,
+        max_decoded: int,
     ) -> None:
         self.request = request
         self.route = route
@@ -69,20 +78,30 @@ class Exchange:
         self._quiet_since = self.started_at
         self._loop = asyncio.get_running_loop()
         self._owner = owner
-        self._curl: pycurl.Curl | None = None
+        self._transport: Transport | None = None  # the engine running the current attempt
+        self._handle: object | None = None  # its handle for the attempt, while it runs
         self._chunks: list[bytes] = []  # a list, not a deque: 56 bytes against 600 per open stream
         self._buffered = 0
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
+        # libcurl decodes gzip and br itself; the write callback counts what it decoded, libcurl's
+        # SIZE_DOWNLOAD what came over the wire. Checked in read(), where getinfo is allowed (pycurl
+        # refuses it inside callbacks); the transfer pauses past _HIGH_WATER, so at most that much
+        # more is decoded before a check.
+        self._max_decoded = max_decoded
+        self._coded = False  # the answer has a Content-Encoding
+        self._decoded = 0
+        self._encoded = 0  # as read at the end of the transfer
 
     # -- the consumer side (handlers) -----------------------------------------------------------
     async def wait_headers(self) -> None:
         """Return once the final status and headers are in; raise UpstreamError if none will come."""
         while not self.headers_complete:
             if self.finished or self.aborted_reason is not None:
-                raise self.error or UpstreamError(
-                    f"the {self.route.name} upstream closed the connection without a response"
-                )
+                if self.error is not None:
+                    raise self._raised_error()
+                name = self.route.name
+                raise UpstreamError(f"the {name} upstream closed the connection without a response")
             await self._wait()
 
     async def read(self) -> bytes | None:
@@ -93,8 +112,10 @@ class Exchange:
             await self._wait()
         if self.aborted_reason is not None:
             if self.error is not None:
-                raise self.error
+                raise self._raised_error()
             return None
+        if self._coded and self._decoded > min(RATIO_FROM, self._max_decoded):
+            self._check_inflation()
         if self._chunks:
             data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
             self._chunks = []
@@ -104,9 +125,38 @@ class Exchange:
             return data
         if self.finished:
             if self.error is not None:
-                raise self.error
+                raise self._raised_error()
             return None
         return b""
+
+    def _check_inflation(self) -> None:
+        """Abort a compressed answer that decodes to too much, and raise why."""
+        encoded = self._encoded
+        if self._transport is not None and self._handle is not None:
+            encoded = self._transport.downloaded(self._handle)
+        problem = inflation_problem(self._decoded, encoded, self._max_decoded)
+        if problem is None:
+            return
+        name = self.route.name
+        self._owner.metrics.count_upstream_error(name, "protocol")
+        error = UpstreamError(
+            f"the {name} upstream's compressed answer {problem}", kind="protocol", code="upstream_too_large"
+        )
+        log.warning("the %s upstream's compressed answer was cut: %s", name, problem)
+        self._chunks = []
+        if self.finished:
+            self.error = error
+        else:
+            self.abort("too_large", error)
+        raise self._raised_error()
+
+    def _raised_error(self) -> UpstreamError:
+        """A copy of `error` for the consumer to raise. Raising the stored exception itself would
+        attach the consumer's traceback to it, and so its frames (handler, body, this exchange) to
+        the exchange: a reference cycle that only a full garbage collection frees, rare with the
+        gateway's collector thresholds (server.GC_THRESHOLDS)."""
+        assert self.error is not None
+        return copy.copy(self.error)
 
     def abort(self, reason: str, error: UpstreamError | None = None) -> None:
         """Stop the transfer at once (client gone, shutdown, idle): its connection is closed.
@@ -115,8 +165,8 @@ class Exchange:
             self.aborted_reason = reason
             self.error = error
             self._wake()
-            if self._curl is not None:
-                self._owner.cancel(self._curl)
+            if self._transport is not None and self._handle is not None:
+                self._transport.cancel(self._handle)
 
     async def _wait(self) -> None:
         waiter = self._loop.create_future()
@@ -141,10 +191,11 @@ class Exchange:
         """Seconds since the upstream last sent a byte (or since the attempt started)."""
         return now - self._last_activity
 
-    def on_curl_ready(self, curl: pycurl.Curl) -> None:
-        self._curl = curl
+    def on_started(self, transport: Transport, handle: object) -> None:
+        self._transport = transport
+        self._handle = handle
 
-    def on_header(self, raw: bytes) -> None:
+    def on_header(self, raw: bytes) -> int:
         """HEADERFUNCTION: one header line, called by libcurl as it parses them."""
         self._last_activity = time.monotonic()
         line = raw.decode("latin-1")
@@ -157,6 +208,10 @@ class Exchange:
         elif line == "\r\n" or line == "\n":
             if self.status >= 200 and not self.headers_complete:
                 self.headers_complete = True
+                self._coded = any(
+                    n.lower() == "content-encoding" and v.lower() not in ("", "identity")
+                    for n, v in self.headers
+                )
                 self._owner.egress.mark_ok(self.route.name, self.proxy)
                 self._owner.metrics.observe_first_byte(self.route.name, time.monotonic() - self.started_at)
                 self._wake()
@@ -164,38 +219,37 @@ class Exchange:
             name, _, value = line.partition(":")
             if name and not name[0].isspace():
                 self.headers.append((name.strip(), value.strip()))
+        return len(raw)
 
-    def on_write(self, chunk: bytes) -> int | None:
+    def on_write(self, chunk: bytes) -> int:
         """WRITEFUNCTION: body bytes as libcurl receives them.
 
-        Over the high-water mark the chunk is refused with WRITEFUNC_PAUSE: libcurl keeps it, stops
+        Over the high-water mark the chunk is refused with WRITE_PAUSE: libcurl keeps it, stops
         reading the socket, and hands it over again once `read()` resumes the transfer. A slow
         client thereby slows its upstream instead of growing our memory. An abort makes the write
         fail at once (a silent upstream is covered by the progress callback)."""
         if self.aborted_reason is not None:
-            return 0
+            return WRITE_ERROR
         if self._buffered >= _HIGH_WATER:
             self._paused = True
-            return pycurl.WRITEFUNC_PAUSE
+            return WRITE_PAUSE
         self._last_activity = self._quiet_since = time.monotonic()
+        self._decoded += len(chunk)
         self._chunks.append(chunk)
         self._buffered += len(chunk)
         self._wake()
-        return None
+        return len(chunk)
 
     def _resume(self) -> None:
         self._paused = False
-        if self._curl is not None:
-            try:
-                # May call on_write() at once with the chunk libcurl held back.
-                self._curl.pause(pycurl.PAUSE_CONT)
-            except pycurl.error:
-                pass  # the transfer failed while paused; on_finished reports it
+        if self._transport is not None and self._handle is not None:
+            self._transport.resume(self._handle)  # may call on_write() at once with what was held
 
-    def on_ended(self, curl: pycurl.Curl, errno: int, message: str) -> None:
-        """libcurl is done with this attempt (errno 0: completed; a non-2xx answer is data)."""
-        failure = _failure_of(curl, errno, message) if errno else None
-        self._curl = None  # the handle is reset and reused from now on
+    def on_ended(self, failure: CurlFailure | None) -> None:
+        """libcurl is done with this attempt (None: completed; a non-2xx answer is data)."""
+        if self._coded and self._transport is not None and self._handle is not None:
+            self._encoded = self._transport.downloaded(self._handle)  # still valid here
+        self._handle = None  # the handle is reset and reused from now on
         self._paused = False
         if self._owner.transfer_ended(self, failure if self.aborted_reason is None else None):
             return  # sent again: through the next egress proxy, or after a failed connect
@@ -220,12 +274,10 @@ class Exchange:
         return not self.headers_complete and not self._chunks
 
 
-def _failure_of(curl: pycurl.Curl, errno: int, message: str) -> CurlFailure:
-    """What libcurl said about a failed transfer, read before the handle is reset."""
-    connect_code = proxy_code = 0
-    try:
-        connect_code = int(curl.getinfo(pycurl.HTTP_CONNECTCODE))
-        proxy_code = int(curl.getinfo(pycurl.PROXY_ERROR))
-    except pycurl.error:
-        pass
-    return CurlFailure(errno, message, connect_code, proxy_code)
+def inflation_problem(decoded: int, encoded: int, ceiling: int) -> str | None:
+    """Why an answer that decoded `decoded` bytes from `encoded` must end, or None."""
+    if decoded > ceiling:
+        return f"decodes to more than {ceiling} bytes (fetch.max_decoded_size)"
+    if decoded > RATIO_FROM and decoded > MAX_RATIO * max(encoded, 1):
+        return f"expands more than {MAX_RATIO} times (over {decoded} bytes from {encoded})"
+    return None

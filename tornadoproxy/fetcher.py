@@ -1,9 +1,10 @@
-"""The one upstream HTTP client: pycurl through tornado.curl_httpclient, behind a bounded gate.
+"""The one upstream HTTP client: libcurl through the engine of each route's profile, behind a bounded gate.
 
 `Fetcher.open()` starts a request and returns an `Exchange` (exchange.py) whose status and headers
-arrive before its body. This is the only module that sets curl options (every option the gateway
-owns, on every request, because tornado reuses curl handles: shared/PITFALLS.md) and that turns curl
-failures into `UpstreamError`s (with the table in curl_errors.py). A request that failed before it
+arrive before its body. The request becomes an engine-neutral `Transfer` (transport.py): every
+option the gateway owns besides the profile's, on every request, because handles are reused; the
+profile's transport (engines.py) adds its own. This is the only module that turns curl failures
+into `UpstreamError`s (with the table in curl_errors.py). A request that failed before it
 could reach the upstream (an egress proxy failure, a refused or timed-out connect) is sent again, at
 most twice, after a short random delay, through the next egress proxy that is up: the upstream never
 saw it, so the client never notices; except when the request pins its proxy (an account of the
@@ -14,24 +15,22 @@ from __future__ import annotations
 
 import logging
 import random
-import socket
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import pycurl
 from tornado.ioloop import IOLoop
 
 from tornadoproxy.config import FetchConfig
-from tornadoproxy.curl_client import CurlClient
 from tornadoproxy.curl_errors import CurlFailure, before_upstream, classify_failure
 from tornadoproxy.egress import EgressProxy
 from tornadoproxy.egress_pool import EgressPools
+from tornadoproxy.engines import Transports
 from tornadoproxy.errors import UpstreamError, egress_proxy_error, upstream_timeout
 from tornadoproxy.exchange import Exchange
 from tornadoproxy.gate import Gate
 from tornadoproxy.metrics import Metrics
-from tornadoproxy.profiles import ClientProfile
+from tornadoproxy.transport import CurlOption, Transfer
 from tornadoproxy.upstream import UpstreamRequest, UpstreamRoute
 
 log = logging.getLogger(__name__)
@@ -65,10 +64,8 @@ class Fetcher:
         self._proxy_options = {
             proxy: proxy.curl_options() for route in routes.values() for proxy in route.proxies
         }
-        self._pinned_profiles: dict[ClientProfile, tuple[tuple[int, Any], ...]] = {}
+        self._transports = Transports(config.max_clients + _RESERVED_HANDLES)
         self.reconfigure(config, routes)
-        # force_instance: never the shared per-IOLoop singleton, whose max_clients is fixed at 10.
-        self._client = CurlClient(force_instance=True, max_clients=config.max_clients + _RESERVED_HANDLES)
         self._gate = Gate(config.max_clients, config.queue_timeout, metrics)
         self._open: set[Exchange] = set()
         self._keepalive_tick = 1.0  # lowered by keep_alive() for consumers that want short intervals
@@ -76,11 +73,10 @@ class Fetcher:
 
     def reconfigure(self, config: FetchConfig, routes: Mapping[str, UpstreamRoute]) -> None:
         """New timeouts, gate wait, profiles and trust for requests started from now on. The curl
-        client's size and the egress proxies (their health is tracked) are fixed at start-up."""
+        clients' size and the egress proxies (their health is tracked) are fixed at start-up."""
         self.config = config
         self._routes = dict(routes)
-        self._profile_options = {name: route.profile.curl_options() for name, route in routes.items()}
-        self._trust_options = _trust_options(config.ca_file)
+        self._transports.retire(route.profile for route in routes.values())
         if hasattr(self, "_gate"):
             self._gate.wait = config.queue_timeout
 
@@ -99,64 +95,25 @@ class Fetcher:
             await self._gate.acquire()
         proxy = request.proxy or self.egress.choose(route.name)
         assert proxy is not None  # a first attempt always gets a proxy
-        exchange = Exchange(self, request, route, proxy, gated)
+        exchange = Exchange(self, request, route, proxy, gated, self.config.max_decoded_size)
         self._open.add(exchange)
         self._start(exchange)
         return exchange
 
     def _start(self, exchange: Exchange) -> None:
-        """Hand the exchange's request to libcurl through its current proxy."""
+        """Hand the exchange's request to its profile's engine through its current proxy."""
         request, route = exchange.request, exchange.route
-        options = self._proxy_and_profile_options(exchange) + self._trust_options
-        header_lines = (request.profile or route.profile).header_lines(request.headers, route.origin)
-        connect_ms = int(self.config.connect_timeout * 1000)
-        method = request.method
-        body = request.body if method not in ("GET", "HEAD") else None
-        cookies = request.cookies
-
-        def setup(curl: pycurl.Curl) -> None:
-            curl.setopt(pycurl.URL, request.url)
-            curl.setopt(pycurl.PROTOCOLS, _HTTP_ONLY)
-            for option, value in options:
-                curl.setopt(option, value)
-            curl.setopt(pycurl.HTTPHEADER, header_lines)
-            _set_method(curl, method, body)
-            curl.setopt(pycurl.CONNECTTIMEOUT_MS, connect_ms)
-            # libcurl keeps its send buffer (64 KiB by default) until the transfer ends: for a
-            # stream that is 64 KiB per open stream for a request of a few hundred bytes.
-            curl.setopt(pycurl.UPLOAD_BUFFERSIZE, _SEND_BUFFER)
-            curl.setopt(pycurl.NOSIGNAL, 1)
-            curl.setopt(pycurl.TCP_NODELAY, 1)
-            curl.setopt(pycurl.TCP_KEEPALIVE, 1)
-            # The exchange's own header and body callbacks: they run in libcurl's order, cost no
-            # IOLoop callback, and pause the transfer when the client falls behind. They only
-            # record data and wake the reader: nothing in them re-enters the client or raises.
-            curl.setopt(pycurl.HEADERFUNCTION, exchange.on_header)
-            curl.setopt(pycurl.WRITEFUNCTION, exchange.on_write)
-            # curl_easy_reset keeps a handle's shares and cookies: a handle that served a login would
-            # send that login's cookies with the next request it serves. Detaching the share also
-            # drops the handle's cookie engine (checked against libcurl 8.23, tests/e2e/test_logins.py).
-            curl.setopt(pycurl.SHARE, None)
-            if cookies is not None:
-                curl.setopt(pycurl.SHARE, cookies.share)
-                curl.setopt(pycurl.COOKIEFILE, "")  # "" turns the cookie engine on without reading a file
-            exchange.on_curl_ready(curl)
-
-        self._client.start(setup, exchange.on_ended)
-
-    def _proxy_and_profile_options(self, exchange: Exchange) -> tuple[tuple[int, Any], ...]:
-        """The proxy's and the profile's curl options; a pinned proxy or profile (an account's) is
-        turned into options once and kept."""
-        proxy, profile = exchange.proxy, exchange.request.profile
-        proxy_options = self._proxy_options.get(proxy)
-        if proxy_options is None:
-            proxy_options = self._proxy_options[proxy] = proxy.curl_options()
-        if profile is None:
-            return proxy_options + self._profile_options[exchange.route.name]
-        profile_options = self._pinned_profiles.get(profile)
-        if profile_options is None:
-            profile_options = self._pinned_profiles[profile] = profile.curl_options()
-        return proxy_options + profile_options
+        profile = request.profile or route.profile  # an account of the pool may have its own
+        proxy_options = self._proxy_options.get(exchange.proxy)
+        if proxy_options is None:  # a pinned proxy outside every route's list: an account's own
+            proxy_options = self._proxy_options[exchange.proxy] = exchange.proxy.curl_options()
+        transfer = Transfer(
+            options=proxy_options + _request_options(request, int(self.config.connect_timeout * 1000)),
+            header_lines=profile.header_lines(request.headers, route.origin),
+            ca_file=self.config.ca_file,
+            cookies=request.cookies,
+        )
+        self._transports.get(profile).start(transfer, exchange)
 
     async def fetch(self, request: UpstreamRequest, gated: bool = True) -> tuple[Exchange, bytes]:
         """Send `request` and read its whole (bounded) body: for logins and probes, not relays."""
@@ -193,9 +150,6 @@ class Fetcher:
             self._open.discard(exchange)
             if exchange.gated:
                 self._gate.release()
-
-    def cancel(self, curl: pycurl.Curl) -> None:
-        self._client.cancel(curl)
 
     def keep_alive(self, exchange: Exchange, interval: float) -> None:
         """Have the sweep wake `exchange`'s consumer after `interval` s of upstream silence."""
@@ -305,20 +259,32 @@ class Fetcher:
 
     def close(self) -> None:
         IOLoop.current().remove_timeout(self._idle_watch)
-        self._client.close()
+        self._transports.close()
 
 
-def _set_method(curl: pycurl.Curl, method: str, body: bytes | None) -> None:
-    """The request line's method and the body, whatever the method (a body is sent as given)."""
+def _request_options(request: UpstreamRequest, connect_ms: int) -> tuple[CurlOption, ...]:
+    """The options of one request that are the same on every engine: URL, method and body, timeouts."""
+    method, body = request.method, request.body
     if method == "HEAD":
-        curl.setopt(pycurl.NOBODY, 1)
-    elif body is None:
-        curl.setopt(pycurl.HTTPGET, 1)
-    else:
-        curl.setopt(pycurl.POSTFIELDSIZE_LARGE, len(body))
-        curl.setopt(pycurl.POSTFIELDS, body)
+        sending: tuple[CurlOption, ...] = ((pycurl.NOBODY, 1),)
+    elif body is None or method == "GET":
+        sending = ((pycurl.HTTPGET, 1),)
+    else:  # a body is sent as given, whatever the method
+        sending = ((pycurl.POSTFIELDSIZE_LARGE, len(body)), (pycurl.POSTFIELDS, body))
     if method not in ("GET", "HEAD", "POST"):
-        curl.setopt(pycurl.CUSTOMREQUEST, method)
+        sending += ((pycurl.CUSTOMREQUEST, method),)
+    return (
+        (pycurl.URL, request.url),
+        (pycurl.PROTOCOLS, _HTTP_ONLY),
+        *sending,
+        (pycurl.CONNECTTIMEOUT_MS, connect_ms),
+        # libcurl keeps its send buffer (64 KiB by default) until the transfer ends: for a
+        # stream that is 64 KiB per open stream for a request of a few hundred bytes.
+        (pycurl.UPLOAD_BUFFERSIZE, _SEND_BUFFER),
+        (pycurl.NOSIGNAL, 1),
+        (pycurl.TCP_NODELAY, 1),
+        (pycurl.TCP_KEEPALIVE, 1),
+    )
 
 
 def _all_proxies_failed(
@@ -332,43 +298,3 @@ def _all_proxies_failed(
         f"every egress proxy for the {upstream} upstream failed: " + "; ".join(phrases + list(cooling)),
         attempts[-1][1].kind,
     )
-
-
-def _trust_options(ca_file: str) -> tuple[tuple[int, Any], ...]:
-    """With fetch.ca_file, trust exactly its CAs (upstreams and https:// proxies); without, keep the
-    bundle pycurl set on the handle (it finds the system one at import and re-applies it on reset)."""
-    if not ca_file:
-        return ()
-    return (
-        (pycurl.CAINFO, ca_file),
-        (pycurl.CAPATH, None),
-        (pycurl.PROXY_CAINFO, ca_file),
-        (pycurl.PROXY_CAPATH, None),
-    )
-
-
-def tls_settings_problem(options: Sequence[tuple[int, Any]]) -> str | None:
-    """What libcurl (with its own OpenSSL) refuses in a profile's TLS options, or None.
-
-    The handle is given one end of a socket pair whose other end is closed, marked as already
-    connected: libcurl builds its TLS context (refusing a bad cipher, curve or signature algorithm
-    list at once, errno 59) and then fails to send the ClientHello. No name lookup, no network."""
-    ours, theirs = socket.socketpair()
-    theirs.close()
-    curl = pycurl.Curl()
-    try:
-        curl.setopt(pycurl.URL, "https://127.0.0.1:9/")
-        curl.setopt(pycurl.OPENSOCKETFUNCTION, lambda _purpose, _address: ours)
-        curl.setopt(pycurl.SOCKOPTFUNCTION, lambda _fd, _purpose: pycurl.SOCKOPT_ALREADY_CONNECTED)
-        curl.setopt(pycurl.NOSIGNAL, 1)
-        curl.setopt(pycurl.TIMEOUT_MS, 5000)
-        for option, value in options:
-            curl.setopt(option, value)
-        curl.perform()
-    except pycurl.error as error:
-        errno, message = error.args
-        return str(message) if errno == 59 else None
-    finally:
-        curl.close()
-        ours.close()
-    return None

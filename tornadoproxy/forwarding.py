@@ -10,7 +10,9 @@ upstream's Set-Cookie or hop-by-hop headers never reach the client.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
+from urllib.parse import unquote_to_bytes
 
 from tornadoproxy.errors import BadRequest
 
@@ -60,12 +62,34 @@ def check_raw_path(path: str) -> None:
     for segment in path.split("/"):
         if segment in (".", ".."):
             raise BadRequest("the request path contains a '.' or '..' segment")
+    _check_decoded_path(path)
+
+
+def _check_decoded_path(path: str) -> None:
+    """Refuse what a decoder behind the upstream could read as a dot segment or a separator: the path
+    must be UTF-8 once percent-decoded (an overlong `%c0%ae` is not), and no segment may be only dots
+    (`...`) or mean one once its `;parameters` are cut (`..;x`, as Java servers read it) and Unicode
+    compatibility forms folded (NFKC: fullwidth `．．` is `..`, fullwidth `／` is `/`)."""
+    try:
+        decoded = unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the request path is not UTF-8 once decoded (an overlong or bad escape)") from None
+    for segment in decoded.split("/")[1:]:
+        meaning = unicodedata.normalize("NFKC", segment.split(";", 1)[0])
+        if meaning and not meaning.strip("."):
+            raise BadRequest("the request path has a segment of dots only, or that reads as '.' or '..'")
+        if "/" in meaning or "\\" in meaning:
+            raise BadRequest("the request path has a character that reads as '/' or '\\'")
 
 
 def check_raw_query(query: str) -> None:
-    """Refuse a query string with raw control or non-ASCII bytes (400); escapes pass unchanged."""
+    """Refuse a query string with raw control or non-ASCII bytes, or an encoded NUL (400); other
+    escapes pass unchanged (an encoded newline in a search text is the upstream's to read, a NUL
+    only ever truncates a C string)."""
     if _BAD_QUERY_CHARACTER.search(query):
         raise BadRequest("the query string contains a control or non-ASCII character")
+    if "%00" in query:
+        raise BadRequest("the query string contains an encoded NUL (%00)")
 
 
 def upstream_url(base: str, path: str, query: str) -> str:

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import socket
 from asyncio import Future
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tornado.http1connection import HTTP1Connection
 from tornado.httpserver import HTTPServer
+from tornado.httputil import HTTPConnection, HTTPMessageDelegate
 from tornado.iostream import IOStream, UnsatisfiableReadError
 
 from tornadoproxy.errors import BadRequest, GatewayError
+from tornadoproxy.framing import StrictHTTP1Connection
 
 _TORNADO_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\n\r\n"
+_TORNADO_HEADER_END = b"\r?\n\r?\n"  # what tornado's HTTP1Connection reads a header block up to
+_HEADER_END = rb"\A[\r\n]*[^\r\n][\s\S]*?\r?\n\r?\n"  # anchored: one linear scan
 
 
 def _response(status_line: str, error: GatewayError) -> bytes:
@@ -59,15 +64,34 @@ class GatewayHTTPServer(HTTPServer):
         stream.refused = self.refused  # type: ignore[attr-defined]
         super().handle_stream(stream, address)
 
+    def start_request(self, server_conn: object, request_conn: HTTPConnection) -> HTTPMessageDelegate:
+        # Each request's connection object, before it reads anything: RFC 9112 framing (framing.py).
+        if type(request_conn) is HTTP1Connection:
+            request_conn.__class__ = StrictHTTP1Connection
+        return super().start_request(server_conn, request_conn)
+
 
 class _JsonErrorIOStream(IOStream):
     """An IOStream whose protocol-level refusals are the gateway's JSON errors."""
 
     refused: Callable[[str], None]
+    # The code of the refusal written on this connection, if any: a handler whose request body was
+    # refused this way (bad chunked framing) ends its request with it (handlers/base.py).
+    answered: str | None = None
+
+    def read_until_regex(self, regex: bytes, max_bytes: int | None = None) -> Awaitable[bytes]:
+        if regex == _TORNADO_HEADER_END:
+            # Empty lines before a request line are ignored (RFC 9112 2.2): tornado's pattern ends a
+            # header block at the first empty line, so two of them (or CRLF after a body, then one)
+            # read as an empty request. The block starts at its first other byte; tornado strips
+            # what comes before.
+            regex = _HEADER_END
+        return super().read_until_regex(regex, max_bytes)
 
     def write(self, data: bytes | memoryview) -> Future[None]:
         if data == _TORNADO_BAD_REQUEST:
             self.refused("bad_request")
+            self.answered = "bad_request"
             data = MALFORMED
         return super().write(data)
 
@@ -85,3 +109,8 @@ class _JsonErrorIOStream(IOStream):
             except OSError:
                 pass
         super().close(exc_info)
+        if self.error is not None:
+            # tornado keeps the error that closed the stream (a reset, say); its traceback refers to
+            # frames that refer to this stream: a cycle that would hold the connection's buffers
+            # until a full garbage collection.
+            self.error.__traceback__ = None

@@ -118,7 +118,11 @@ class Logins:
         else:
             flow = self._platform(browser, username, password)
         try:
-            return await asyncio.wait_for(flow, self.config.timeout)
+            # Not asyncio.wait_for: its extra task keeps a failed login's error, which the traceback
+            # of its own frame refers back to, a reference cycle holding this request until a full
+            # garbage collection. asyncio.timeout() runs the flow in this task.
+            async with asyncio.timeout(self.config.timeout):
+                return await flow
         except TimeoutError:
             raise UpstreamError(
                 f"the {browser.flow} did not complete within {self.config.timeout:g} s (logins.timeout); "

@@ -7,10 +7,12 @@ no markup, short, and nothing the user sent.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from html import unescape
 from html.parser import HTMLParser
+from urllib.parse import quote, quote_plus
 
 _VOID_ELEMENTS = frozenset(
     {"area", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"}
@@ -18,15 +20,28 @@ _VOID_ELEMENTS = frozenset(
 
 
 def upstream_text(text: str, user_inputs: Sequence[str]) -> str:
-    """An upstream message fit to relay: tags and spacing removed, short, what the user sent masked."""
+    """An upstream message fit to relay: tags and spacing removed, short, what the user sent masked
+    in every form the gateway sent it in (literal, URL-encoded in forms, JSON-escaped)."""
     text = " ".join(re.sub(r"<[^>]*>", " ", unescape(text)).split())
-    for secret in user_inputs:
-        if not secret:
-            continue
+    # Longest first: a literal inside its own encoding ("a%" in "a%25") must not leave the rest behind.
+    for secret in sorted({form for value in user_inputs if value for form in _encodings(value)}, key=len)[
+        ::-1
+    ]:
         # A short input is masked only as a whole word: "p" must not mangle "password".
         pattern = re.escape(secret) if len(secret) >= 4 else rf"(?<!\w){re.escape(secret)}(?!\w)"
         text = re.sub(pattern, "[redacted]", text, flags=re.IGNORECASE)
     return text[:200]  # cut after masking: a cut must not leave part of a secret behind
+
+
+def _encodings(value: str) -> set[str]:
+    """`value` as written, as a form field (both escapings) and inside a JSON string."""
+    return {
+        value,
+        quote_plus(value),
+        quote(value, safe=""),
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+    }
 
 
 def hidden_inputs(body: bytes) -> dict[str, str]:

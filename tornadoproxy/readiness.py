@@ -116,9 +116,8 @@ class Readiness:
         request = UpstreamRequest(name, "GET", self._urls[name] + PROBE_PATHS.get(name, "/"))
         started = time.monotonic()
         try:
-            exchange, body = await asyncio.wait_for(
-                self._fetcher.fetch(request, gated=False), self._config.timeout
-            )
+            async with asyncio.timeout(self._config.timeout):  # no extra task (see logins.login)
+                exchange, body = await self._fetcher.fetch(request, gated=False)
         except TimeoutError:
             return self._result("unreachable", f"no answer within {self._config.timeout:g} s", None, started)
         except UpstreamError as error:

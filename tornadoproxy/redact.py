@@ -46,6 +46,28 @@ _TRIGGERS = (
 )
 
 
+# Tornado's own messages quote what a client sent, whatever its shape: header names and values, the
+# Host header, a Content-Length ("Invalid header value 'KEY\\x01'"). Records of tornado's loggers keep
+# their wording with every quoted value masked; the reason in "Malformed HTTP message from %s: %s"
+# (the text of tornado's HTTPInputError) is cut before its first value.
+_QUOTED = re.compile(r"b?'(?:[^'\\]|\\.)*'" + r'|b?"(?:[^"\\]|\\.)*"')
+_MALFORMED = "Malformed HTTP message from %s: %s"
+_REASON = re.compile(r"[^:'\"]*")
+
+
+def mask_client_text(message: str) -> str:
+    """`message` (from one of tornado's loggers) with every quoted value masked."""
+    return _QUOTED.sub("'" + MASK + "'", message)
+
+
+def _tornado_message(record: logging.LogRecord) -> str:
+    if record.msg == _MALFORMED and isinstance(record.args, tuple) and len(record.args) == 2:
+        reason = _REASON.match(str(record.args[1]))
+        cut = reason.group(0).strip() if reason else ""
+        return f"Malformed HTTP message from {record.args[0]}: {cut or 'malformed'}"
+    return mask_client_text(record.getMessage())
+
+
 class Secret:
     """A string that must not be shown: `repr` and `str` are masked, `reveal()` gives the value."""
 
@@ -97,7 +119,7 @@ class RedactingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
-            message = record.getMessage()
+            message = _tornado_message(record) if record.name.startswith("tornado.") else record.getMessage()
         except Exception:  # a malformed call must not hide the record, nor leak its arguments
             message = str(record.msg)
         record.msg = scrub(message, self._literals)

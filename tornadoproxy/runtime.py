@@ -74,6 +74,7 @@ class Runtime:
         self.services.access_log.configure(config.logging, secrets, self.services.lifecycle.worker)
         self.services.config = config
         self.services.access = access_policy(config)
+        self.services.body_deadlines.timeout = config.server.body_timeout
         self.services.fetcher.reconfigure(config.fetch, routes)
         self.services.readiness.reconfigure(config.readiness, config.upstreams.by_name())
         self.services.logins.reconfigure(config.logins, config.upstreams)
@@ -111,7 +112,6 @@ def _update_connection_limits(server: HTTPServer, config: Config) -> None:
     """New connections take the new limits (tornado reads conn_params per connection)."""
     params = server.conn_params
     params.header_timeout = config.server.idle_connection_timeout
-    params.body_timeout = config.server.body_timeout
     params.max_header_size = config.server.max_header_size
     params.max_body_size = connection_body_limit(config)
 

@@ -9,6 +9,7 @@ drain and stop (runtime.py).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import shutil
@@ -24,6 +25,7 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application
 
 from tornadoproxy.app import make_app, make_ops_app
+from tornadoproxy.body_intake import BodyDeadlines
 from tornadoproxy.config import Config, ConfigError
 from tornadoproxy.egress import EgressProxy
 from tornadoproxy.egress_pool import EgressPools
@@ -61,6 +63,24 @@ def tune_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+# glibc's mallopt parameter (malloc.h) and the size from which every allocation gets a mapping of its own.
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 128 * 1024
+
+
+def tune_memory_allocator() -> bool:
+    """Have glibc give every allocation of 128 KiB or more (request bodies) a mapping of its own,
+    returned to the system as soon as it is freed. By default glibc raises that threshold after each
+    large free, up to 32 MiB, so the bodies that follow a large one are carved out of the heap, which
+    shrinks only from its top: measured, three 20 MiB uploads left RSS 40 MB higher for good, and a mix
+    of sizes ratcheted it up. Setting the threshold turns that adjustment off. False without glibc."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 def main(config_path: str | None, environ: Mapping[str, str]) -> int:
@@ -170,7 +190,16 @@ async def serve(
     access_log = AccessLog()
     access_log.configure(config.logging, secrets, worker)
     services = Services(
-        config, access_policy(config), fetcher, metrics, readiness, logins, tokens, access_log, lifecycle
+        config,
+        access_policy(config),
+        fetcher,
+        metrics,
+        readiness,
+        logins,
+        tokens,
+        access_log,
+        BodyDeadlines(config.server.body_timeout),
+        lifecycle,
     )
     services.pool = pool
     servers = [_listen(make_app(services), sockets, config, metrics)]
@@ -190,6 +219,7 @@ async def serve(
     readiness.start()
     if pool is not None:
         pool.start()  # background logins: start-up does not wait for them
+    tune_memory_allocator()
     tune_garbage_collector()
     sampler = PeriodicCallback(metrics.sample, SAMPLE_INTERVAL * 1000)
     if shared_dir is not None:
@@ -201,6 +231,7 @@ async def serve(
     await runtime.drain()
     if pool is not None:
         await pool.close()
+    services.body_deadlines.stop()
     await tokens.close()  # the persistence file gets its last write here
     fetcher.close()
     log.info("stopped")
@@ -236,7 +267,7 @@ def _listen(
         app,
         decompress_request=False,
         idle_connection_timeout=limits.idle_connection_timeout,
-        body_timeout=limits.body_timeout,
+        body_timeout=None,  # server.body_timeout is the handlers' own (body_intake.py)
         max_header_size=limits.max_header_size,
         max_body_size=connection_body_limit(config),
     )

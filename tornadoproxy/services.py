@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tornadoproxy.access import AccessPolicy
+from tornadoproxy.body_intake import BodyDeadlines
 from tornadoproxy.config import Config
 from tornadoproxy.fetcher import Fetcher
 from tornadoproxy.logins import Logins
@@ -40,5 +41,6 @@ class Services:
     logins: Logins
     tokens: TokenCache
     access_log: AccessLog
+    body_deadlines: BodyDeadlines
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     pool: AccountPool | None = None  # None without accounts

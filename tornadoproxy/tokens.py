@@ -85,7 +85,7 @@ class TokenCache:
         self._opened: TLRUCache[str, _Opened] = TLRUCache(
             config.max_entries, ttu=lambda _k, item, _now: item.expires_at, timer=time.time
         )
-        self._flights: dict[bytes, asyncio.Future[bytes]] = {}
+        self._flights: dict[bytes, asyncio.Future[bytes | GatewayError]] = {}
         self._failures: TTLCache[bytes, GatewayError] | None = None
         if logins.failure_memory > 0:
             self._failures = TTLCache(100_000, logins.failure_memory)
@@ -107,18 +107,19 @@ class TokenCache:
         flight = self._flights.get(attempt)
         if flight is not None:
             self._metrics.count_login(family, "joined")
-            try:
-                return await asyncio.shield(flight)
-            except GatewayError as error:
-                raise copy.copy(error) from None
+            outcome = await asyncio.shield(flight)
+            if isinstance(outcome, GatewayError):
+                raise copy.copy(outcome)
+            return outcome
         flight = asyncio.get_running_loop().create_future()
         self._flights[attempt] = flight
         try:
             body = await self._obtain(family, key, attempt, password, client, login, secret is not None)
         except BaseException as error:
-            shared = error if isinstance(error, GatewayError) else _interrupted(family)
-            flight.set_exception(shared)
-            flight.exception()  # joiners re-raise it; nobody else needs to see it
+            # The joiners get a copy to raise, never this error: its traceback holds this request's
+            # frames, and an exception kept in a future that such frames refer to is a reference
+            # cycle, which would hold the request until a full garbage collection.
+            flight.set_result(copy.copy(error) if isinstance(error, GatewayError) else _interrupted(family))
             raise
         else:
             flight.set_result(body)
@@ -295,7 +296,8 @@ class TokenCache:
 
     def _remember(self, attempt: bytes, error: LoginError, outcome: str) -> None:
         if self._failures is not None and outcome in _REMEMBERED:
-            self._failures[attempt] = error
+            # A copy: the error itself carries the traceback, and so this request, for its memory.
+            self._failures[attempt] = copy.copy(error)
 
     def _check_limits(self, family: str, key: str, client: str) -> None:
         wait = self._limits.retry_after(key, client)

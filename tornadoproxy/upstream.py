@@ -6,10 +6,8 @@ proxies tried in order, and the client profile.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import pycurl
 
 from tornadoproxy.egress import EgressProxy
 from tornadoproxy.profiles import ClientProfile
@@ -31,13 +29,22 @@ class CookieJar:
 
     libcurl treats loopback as a secure context (RFC 6265bis), so `Secure` and `__Host-` cookies work
     against the plain-http simulator as against the real https hosts; Python's http.cookiejar does
-    not. A jar is never shared between logins and never attached to relayed requests."""
+    not. A jar is never shared between logins and never attached to relayed requests.
 
-    __slots__ = ("share",)
+    Each engine keeps cookies in its own libcurl, so the jar holds one share per engine, made by
+    the engine on first use; a login's upstreams all run on one engine (wiring.py checks)."""
+
+    __slots__ = ("_shares",)
 
     def __init__(self) -> None:
-        self.share = pycurl.CurlShare()
-        self.share.setopt(pycurl.SH_SHARE, pycurl.LOCK_DATA_COOKIE)
+        self._shares: dict[str, object] = {}
+
+    def share(self, engine: str, create: Callable[[], object]) -> object:
+        """This login's share of cookie data in `engine`'s libcurl."""
+        found = self._shares.get(engine)
+        if found is None:
+            found = self._shares[engine] = create()
+        return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """From a validated configuration to what the components are built from.
 
-Routes (origin, egress proxies and client profile per upstream; custom profiles checked by libcurl
-itself), the token store, and the configured secrets for the log filter. server.py builds the
+Routes (origin, egress proxies and client profile per upstream; every profile in use checked by
+its engine), the token store, and the configured secrets for the log filter. server.py builds the
 components from these at start-up; runtime.py loads them again on SIGHUP.
 """
 
@@ -13,9 +13,10 @@ from urllib.parse import unquote, urlsplit
 
 from tornadoproxy.config import Config, ConfigError, CustomProfileConfig, ProxySetting, load_config
 from tornadoproxy.egress import parse_proxies, proxy_secrets
-from tornadoproxy.fetcher import tls_settings_problem
+from tornadoproxy.engines import engine_problem
 from tornadoproxy.metrics import Metrics
-from tornadoproxy.profiles import ClientProfile, derive_profile, profile_problem, profile_registry
+from tornadoproxy.profiles import PYCURL_TLS_FIELDS, ClientProfile, derive_profile, profile_problem
+from tornadoproxy.shipped_profiles import profile_registry
 from tornadoproxy.tokenstore import MemoryStore, RedisStore, TokenStore, secret_from_config
 from tornadoproxy.upstream import UpstreamRoute
 
@@ -48,6 +49,18 @@ def build_routes(config: Config) -> dict[str, UpstreamRoute]:
         if chosen[key] not in profiles:
             known = ", ".join(sorted(profiles))
             raise ConfigError(f"profiles.{key}: unknown profile {chosen[key]!r} (known: {known})")
+        problem = profile_problem(profiles[chosen[key]]) or engine_problem(profiles[chosen[key]])
+        if problem:
+            raise ConfigError(f"profiles.{key}: the profile {chosen[key]!r} cannot be used: {problem}")
+    chatgpt, auth = profiles[chosen["chatgpt"]], profiles[chosen["auth"]]
+    if chatgpt.engine != auth.engine:
+        # The ChatGPT login carries its cookies from the chatgpt host to the auth host and back,
+        # and a cookie jar lives inside one libcurl.
+        raise ConfigError(
+            f"profiles.auth: {auth.name!r} runs on {auth.engine} and profiles.chatgpt {chatgpt.name!r} on "
+            f"{chatgpt.engine}; the ChatGPT login needs both on one engine (both browser profiles, "
+            "or both pycurl ones such as plain and okhttp)"
+        )
     return {
         name: UpstreamRoute(name, _origin(urls[name]), parse_proxies(proxies[name]), profiles[chosen[name]])
         for name in UPSTREAMS
@@ -125,7 +138,7 @@ def egress_settings(config: Config) -> dict[str, ProxySetting]:
 
 
 def build_profiles(custom: Mapping[str, CustomProfileConfig]) -> dict[str, ClientProfile]:
-    """The built-in profiles and the operator's own, each checked (TLS knobs by libcurl itself)."""
+    """The built-in profiles and the operator's own, each custom one checked by its engine."""
     builtin = profile_registry()
     built: dict[str, ClientProfile] = {}
 
@@ -146,8 +159,16 @@ def build_profiles(custom: Mapping[str, CustomProfileConfig]) -> dict[str, Clien
                 known = ", ".join(sorted(set(builtin) | set(custom)))
                 raise ConfigError(f"{path}.base: unknown profile {spec.base!r} (known: {known})")
         changes = {key: getattr(spec, key) for key in _PROFILE_FIELDS if getattr(spec, key) is not None}
+        if changes.get("target") or changes.get("ja3"):  # a new fingerprint replaces the base's
+            changes = {"target": "", "ja3": "", "akamai": "", "stream_weight": 0, **changes}
         profile = derive_profile(name, base, changes)
-        problem = profile_problem(profile) or tls_settings_problem(profile.curl_options())
+        ignored = [key for key in PYCURL_TLS_FIELDS if key in changes]
+        if profile.engine == "curl_cffi" and ignored:
+            raise ConfigError(
+                f"{path}.{ignored[0]}: applies to pycurl profiles only; this profile takes its TLS and "
+                "HTTP/2 from its target or ja3/akamai strings"
+            )
+        problem = profile_problem(profile) or engine_problem(profile)
         if problem:
             raise ConfigError(f"{path}: {problem}")
         built[name] = profile
@@ -167,6 +188,9 @@ _PROFILE_FIELDS = (
     "signature_algorithms",
     "alpn",
     "min_tls",
+    "target",
+    "ja3",
+    "akamai",
 )
 
 

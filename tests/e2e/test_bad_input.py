@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.harness import Gateway, Simulator
+from tests.harness import Gateway, Simulator, read_all
 from tests.secrets_used import ACCESS_TOKEN, API_KEY
 
 TOTAL = 10_000
@@ -216,13 +216,7 @@ def exchange(port: int, raw: bytes) -> bytes:
             sock.sendall(raw)
         except (BrokenPipeError, ConnectionResetError):
             pass  # refused before everything was sent; read what the gateway said
-        chunks = []
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except ConnectionResetError:
-            pass
-        return b"".join(chunks)
+        return read_all(sock, timeout=10)
 
 
 def verdict(answer: bytes) -> str:

@@ -240,7 +240,9 @@ def test_browser_profile_headers_on_chatgpt_calls(gateway: Gateway, sim: Simulat
     names = [name.lower() for name, _ in sim.journal("chatgpt")[0]["headers"]]
     values = {name.lower(): value for name, value in sim.journal("chatgpt")[0]["headers"]}
     assert values["user-agent"].startswith("Mozilla/5.0") and "Chrome/" in values["user-agent"]
-    assert names.index("sec-ch-ua") < names.index("authorization") < names.index("user-agent")
+    # Chromium's fetch() order: platform hint, credentials, User-Agent, then the brands.
+    assert names.index("sec-ch-ua-platform") < names.index("authorization") < names.index("user-agent")
+    assert names.index("user-agent") < names.index("sec-ch-ua") < names.index("accept")
     assert values["origin"] == sim.urls["chatgpt"]
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, quote_plus, unquote
 
 import pytest
 
@@ -217,6 +217,22 @@ def test_wrong_password_is_login_failed_with_the_upstream_message(
     assert sim.account_counters(email)["logins"] == 0
 
 
+@pytest.mark.parametrize("family", ["chatgpt", "platform"])
+def test_a_login_form_echoed_by_the_upstream_is_masked_in_every_encoding(
+    login_gw: Gateway, sim: Simulator, family: str
+) -> None:
+    email = new_email("echo")
+    sim.add_account(email, LOGIN_PASSWORD, echo_form=True)
+    answer = login(login_gw, family, email, WRONG_PASSWORD)
+    assert answer.status == 401
+    message = error_of(answer)["message"]
+    assert "(received " in message and "[redacted]" in message  # the echo reached the gateway
+    log = login_gw.log_text().lower()
+    for value in (email, WRONG_PASSWORD):
+        for form in (value, quote_plus(value), quote(value, safe=""), json.dumps(value)[1:-1]):
+            assert form.lower() not in message.lower() and form.lower() not in log, form
+
+
 def test_refused_email_is_login_failed_at_the_identifier_step(login_gw: Gateway, sim: Simulator) -> None:
     answer = login(login_gw, "chatgpt", "not-an-address", WRONG_PASSWORD)
     assert answer.status == 401
@@ -287,15 +303,24 @@ def test_a_block_page_is_upstream_blocked(
         b'{"username": "", "password": "x"}',
         b'{"username": "a@b.c", "password": 5}',
         b'{"username": "a@b.c", "password": "a\\u0000b"}',
+        b'{"username": 12345, "password": "x"}',
+        b"[" * 100_000,  # deeper than Python's recursion limit
+        b'{"username": "a@b.c", "password": "\\ud800x"}',  # a lone surrogate
+        b'{"username": "a\\udfff@b.c", "password": "x"}',
+        b'{"username": "a@b.c", "password": "x", "password": "y"}',
     ],
 )
-def test_bad_login_bodies_are_400_and_reach_nobody(login_gw: Gateway, sim: Simulator, body: bytes) -> None:
+@pytest.mark.parametrize("family", ["chatgpt", "platform"])
+def test_bad_login_bodies_are_400_and_reach_nobody(
+    login_gw: Gateway, sim: Simulator, body: bytes, family: str
+) -> None:
     answer = request(
-        "POST", login_gw.url + "/chatgpt/login", body=body, headers={"Content-Type": "application/json"}
+        "POST", f"{login_gw.url}/{family}/login", body=body, headers={"Content-Type": "application/json"}
     )
     assert answer.status == 400 and error_of(answer)["code"] == "bad_request"
     assert "a@b.c" not in answer.body.decode()
     assert sim.journal() == []
+    assert "Traceback" not in login_gw.log_text()
 
 
 # -- the cache ----------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""Client profiles on the wire: a loopback TLS endpoint records each ClientHello and request and
-shows that every built-in profile, and one defined in YAML, is sent as declared, and that a profile
-never leaks into the next request on a reused curl handle."""
+"""pycurl client profiles on the wire: a loopback TLS endpoint records each ClientHello and request
+and shows that every built-in pycurl profile, and one defined in YAML, is sent as declared, and that
+nothing leaks into the next request on a reused curl handle of either engine. (The browser profiles'
+fingerprints are checked in test_fingerprints.py.)"""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from pathlib import Path
 import pytest
 
 from tests.egress_fixtures import fetch_through
+from tests.fingerprints import GREASE
 from tests.harness import Gateway, Simulator, request
 from tests.secrets_used import API_KEY
 from tests.tls_endpoint import ClientHello, TlsEndpoint, Visit, make_ca
-from tornadoproxy.profiles import ClientProfile, builtin_profiles
+from tornadoproxy.profiles import ClientProfile
+from tornadoproxy.shipped_profiles import builtin_profiles
 
 GROUPS = {
     "X25519MLKEM768": 0x11EC,
@@ -38,7 +41,7 @@ SIGNATURE_ALGORITHMS = {
 }
 RENEGOTIATION_SCSV = 0x00FF
 CUSTOM = {
-    "base": "firefox",
+    "base": "okhttp",
     "headers": ["X-Client: tp-test", "Authorization:", "User-Agent: TestAgent/1.0", "Accept: */*"],
     "http_version": 1.1,  # unquoted in YAML: a number, accepted
     "ciphers": "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256",
@@ -75,6 +78,7 @@ def expected_hello(profile: ClientProfile) -> dict[str, object]:
 
 def check_visit(visit: Visit, profile: ClientProfile) -> None:
     hello: ClientHello = visit.hello
+    assert profile.engine == "pycurl", profile.name
     expected = expected_hello(profile)
     ciphers = tuple(c for c in hello.ciphers if c != RENEGOTIATION_SCSV)
     if expected["ciphers"] is not None:
@@ -122,25 +126,42 @@ def test_each_profile_is_sent_as_declared_and_never_leaks_into_the_next_request(
     sim: Simulator, endpoint: TlsEndpoint, certificates: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     ca = certificates[0]
-    pairs = [("plain", "chrome"), ("firefox", "okhttp"), ("mine", "chrome")]
-    profiles = {**builtin_profiles()}
-    for platform_profile, chatgpt_profile in pairs:
+    profiles = {**builtin_profiles(), "mine": custom_profile()}
+    # platform on a pycurl profile, chatgpt on a browser one (curl_cffi), each on its one reused handle
+    for platform_profile, chatgpt_profile in [("plain", "chrome"), ("okhttp", "firefox"), ("mine", "safari")]:
         config = tls_config(
-            endpoint, ca, platform=platform_profile, chatgpt=chatgpt_profile, custom={"mine": CUSTOM}
+            endpoint,
+            ca,
+            platform=platform_profile,
+            chatgpt=chatgpt_profile,
+            auth=chatgpt_profile,
+            custom={"mine": CUSTOM},
         )
         endpoint.visits.clear()
         calls = [("platform", "/v1/models"), ("chatgpt", "/backend-api/me")] * 2
         outcomes, _ = fetch_through(sim, tmp_path, config, calls)
         assert [o.status for o in outcomes] == [200] * 4, [o.error for o in outcomes]
         assert len(endpoint.visits) == 4
-        if platform_profile == "mine":
-            profiles["mine"] = custom_profile()
         first, second, third, fourth = endpoint.visits
         check_visit(first, profiles[platform_profile])
-        check_visit(second, profiles[chatgpt_profile])
-        # The same profile after another one on the same handle: byte for byte the same choices.
-        assert third.hello == first.hello and third.header_names == first.header_names
-        assert fourth.hello == second.hello and fourth.header_names == second.header_names
+        assert second.headers["user-agent"] == profiles[chatgpt_profile].user_agent
+        # The same profile again on the same handle: the same choices (a resumed session adds
+        # only the pre-shared key; the browser targets permute their extensions, so JA3N).
+        for again, before in ((third, first), (fourth, second)):
+            # 41: pre_shared_key (resumed); 21: padding, which BoringSSL adds by the hello's length
+            assert extensions(again) ^ extensions(before) <= {21, 41}
+            assert clean(again.hello.ciphers) == clean(before.hello.ciphers)
+            assert clean(again.hello.groups) == clean(before.hello.groups)
+            assert again.header_names == before.header_names
+            assert again.headers == before.headers
+
+
+def clean(values: tuple[int, ...]) -> list[int]:
+    return [value for value in values if value not in GREASE]
+
+
+def extensions(visit: Visit) -> set[int]:
+    return set(clean(visit.hello.extensions))
 
 
 def custom_profile() -> ClientProfile:
@@ -148,7 +169,7 @@ def custom_profile() -> ClientProfile:
 
     changes = {key: value for key, value in CUSTOM.items() if key != "base"}
     changes["http_version"] = "1.1"
-    return derive_profile("mine", builtin_profiles()["firefox"], changes)
+    return derive_profile("mine", builtin_profiles()["okhttp"], changes)
 
 
 def test_the_relay_uses_the_profile_and_the_ca_file(
@@ -159,12 +180,12 @@ def test_the_relay_uses_the_profile_and_the_ca_file(
     tmp_path: Path,
 ) -> None:
     ca = certificates[0]
-    config = tls_config(endpoint, ca, platform="firefox")
+    config = tls_config(endpoint, ca, platform="okhttp")
     gateway = make_gateway({**config, "readiness": {"enabled": False}})  # no probe visits the endpoint
     answer = request("GET", gateway.url + "/platform/v1/models", headers={"Authorization": API_KEY})
     assert answer.status == 200, answer.body
     (visit,) = endpoint.visits
-    check_visit(visit, builtin_profiles()["firefox"])
+    check_visit(visit, builtin_profiles()["okhttp"])
     assert visit.headers["authorization"] == f"Bearer {API_KEY}"
     # Without the CA file the throwaway CA is not trusted: a TLS error, not a proxy one.
     config = tls_config(endpoint, ca)

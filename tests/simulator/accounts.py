@@ -32,6 +32,9 @@ class Account:
     deactivated: bool = False
     rate_limited: bool = False
     token_ttl: int = 10 * 24 * 3600  # the accessToken's lifetime (its JWT exp)
+    # A broken login page that echoes what was posted in its alert (the raw form and as JSON), as
+    # some error pages do: the gateway must mask it in every encoding before relaying the alert.
+    echo_form: bool = False
     logins: int = 0  # completed logins: tokens handed out by the last step
     password_attempts: int = 0  # password forms received, right or wrong
 

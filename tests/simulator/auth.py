@@ -281,7 +281,11 @@ class PasswordHandler(LoginStepHandler):
             or fields["password"] != account.password
             or fields["action"] != "default"
         ):
-            self.page(400, login_page("Enter your password", txn.state, alert="Wrong email or password"))
+            alert = "Wrong email or password"
+            if account is not None and account.echo_form:
+                echoed = json.dumps({"username": fields["username"], "password": fields["password"]})
+                alert += f" (received {self.request.body.decode()} {echoed})"
+            self.page(400, login_page("Enter your password", txn.state, alert=alert))
             return
         txn.authenticated = account.email
         self.redirect_to("/authorize/resume?" + urlencode({"state": txn.state}))

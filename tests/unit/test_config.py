@@ -219,28 +219,49 @@ def test_custom_profiles_are_derived_and_checked_by_libcurl(tmp_path: Path) -> N
 
     custom = {
         "mine": {
-            "base": "chrome",
+            "base": "okhttp",
             "headers": ["User-Agent: Mine/1", "Authorization:"],
             "http_version": "1.1",
         },
         "yours": {"base": "mine", "curves": "X25519"},
+        "browser": {"base": "chrome", "headers": ["user-agent: Mine/2", "authorization:"]},
+        "fox": {"base": "browser", "target": "firefox153"},
     }
-    config = load(tmp_path, {"profiles": {"chatgpt": "yours", "custom": custom}})
+    config = load(tmp_path, {"profiles": {"chatgpt": "yours", "auth": "yours", "custom": custom}})
     profile = build_routes(config)["chatgpt"].profile
     assert profile.name == "yours" and profile.curves == "X25519" and profile.http_version == "1.1"
     assert profile.headers == (("User-Agent", "Mine/1"), ("Authorization", None))
-    assert profile.ciphers.startswith("ECDHE-ECDSA-AES128-GCM-SHA256")  # from chrome, two levels up
+    assert profile.ciphers.startswith("ECDHE-ECDSA-AES128-GCM-SHA256")  # from okhttp, two levels up
+    assert profile.engine == "pycurl"
+    config = load(tmp_path, {"profiles": {"chatgpt": "browser", "auth": "fox", "custom": custom}})
+    routes = build_routes(config)
+    browser, fox = routes["chatgpt"].profile, routes["auth"].profile
+    assert browser.engine == "curl_cffi" and browser.target == "chrome152" and browser.stream_weight == 220
+    assert fox.target == "firefox153" and fox.stream_weight == 0  # a new target drops chrome's weight
+    assert fox.headers == (("user-agent", "Mine/2"), ("authorization", None))
     bad = [
         ({"x": {"curves": "X25519:no-such-curve"}}, "profiles.custom.x: failed setting curves list"),
         ({"x": {"tls13_ciphers": "TLS_NOPE"}}, "profiles.custom.x: failed setting TLS 1.3 cipher suite"),
         ({"x": {"ciphers": "NOPE-CIPHER"}}, "profiles.custom.x: failed setting cipher list"),
         ({"x": {"signature_algorithms": "nope"}}, "profiles.custom.x: failed setting signature algorithms"),
-        ({"x": {"base": "chrome", "alpn": False}}, "profiles.custom.x: http_version 2 needs alpn"),
+        ({"x": {"base": "okhttp", "alpn": False}}, "profiles.custom.x: http_version 2 needs alpn"),
         ({"x": {"headers": ["Accept-Encoding: zstd"]}}, "profiles.custom.x: Accept-Encoding names 'zstd'"),
         ({"x": {"base": "y"}, "y": {"base": "x"}}, "profiles.custom."),
         ({"x": {"base": "nope"}}, "profiles.custom.x.base: unknown profile 'nope'"),
+        (
+            {"x": {"base": "chrome", "curves": "X25519"}},
+            "profiles.custom.x.curves: applies to pycurl profiles",
+        ),
+        ({"x": {"target": "chrome1"}}, "profiles.custom.x: target 'chrome1' is not one curl_cffi offers"),
+        ({"x": {"ja3": "771,1,2"}}, "profiles.custom.x: ja3 must have five comma-separated fields"),
+        ({"x": {"target": "chrome152", "ja3": "771,4865,0,29,0"}}, "profiles.custom.x: give either target"),
+        ({"x": {"akamai": "1:1|0|0|m,a,s,p"}}, "profiles.custom.x: akamai needs ja3"),
     ]
     for profiles, message in bad:
         with pytest.raises(ConfigError) as raised:
             build_routes(load(tmp_path, {"profiles": {"custom": profiles}}))
         assert str(raised.value).startswith(message), str(raised.value)
+    # The ChatGPT login carries cookies between the chatgpt and auth hosts: one engine for both.
+    with pytest.raises(ConfigError) as raised:
+        build_routes(load(tmp_path, {"profiles": {"chatgpt": "okhttp", "auth": "chrome"}}))
+    assert str(raised.value).startswith("profiles.auth: 'chrome' runs on curl_cffi and profiles.chatgpt")

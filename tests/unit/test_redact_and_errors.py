@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from tests.secrets_used import API_KEY, PROXY_PASSWORD, SESSION_KEY
+from tests.secrets_used import API_KEY, OPAQUE_TOKEN, PROXY_PASSWORD, SESSION_KEY
 from tornadoproxy.errors import GatewayBusy, MissingAuthorization, upstream_timeout
 from tornadoproxy.redact import RedactingFilter, Secret, scrub
 
@@ -57,3 +57,30 @@ def test_error_shape() -> None:
     assert busy.status == 503 and busy.headers() == [("Retry-After", "2")]
     timeout = upstream_timeout("slow")
     assert timeout.status == 504 and timeout.code == "upstream_timeout" and timeout.kind == "timeout"
+
+
+def _tornado_record(msg: str, *args: object) -> logging.LogRecord:
+    return logging.LogRecord("tornado.general", logging.INFO, __file__, 1, msg, args, None)
+
+
+def test_tornado_messages_keep_their_wording_and_lose_every_value() -> None:
+    reasons = {
+        f"Invalid header value '{OPAQUE_TOKEN}\\x01'": "Invalid header value",
+        f"Invalid header name '{OPAQUE_TOKEN}\\x01'": "Invalid header name",
+        f"Multiple host headers not allowed: 'x,{OPAQUE_TOKEN}'": "Multiple host headers not allowed",
+        f"Only integer Content-Length is allowed: {OPAQUE_TOKEN}": "Only integer Content-Length is allowed",
+        "invalid chunk size": "invalid chunk size",
+    }
+    for reason, kept in reasons.items():
+        record = _tornado_record("Malformed HTTP message from %s: %s", "127.0.0.1", ValueError(reason))
+        RedactingFilter().filter(record)
+        assert record.getMessage() == f"Malformed HTTP message from 127.0.0.1: {kept}"
+    record = _tornado_record("Uncaught exception\n%s", f"HTTPServerRequest(host='{OPAQUE_TOKEN}')")
+    RedactingFilter().filter(record)
+    assert OPAQUE_TOKEN not in record.getMessage() and "host=" in record.getMessage()
+
+
+def test_other_loggers_keep_quoted_text() -> None:
+    record = logging.LogRecord("tornadoproxy.x", logging.INFO, __file__, 1, "the 'plain' step", None, None)
+    RedactingFilter().filter(record)
+    assert record.getMessage() == "the 'plain' step"

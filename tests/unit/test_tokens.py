@@ -256,6 +256,20 @@ def test_upstream_text_masks_what_the_user_sent() -> None:
     assert "S3cr" not in upstream_text("x" * 195 + "S3cr&t%41=", inputs)
 
 
+def test_upstream_text_masks_every_encoding_the_gateway_sent() -> None:
+    username, password = "bob+x@example.com", 'p&=q% "é\\'
+    echoes = [
+        "username=bob%2Bx%40example.com&password=p%26%3Dq%25+%22%C3%A9%5C",  # form, as sent
+        "username=bob%2bx%40example.com&password=p%26%3dq%25%20%22%c3%a9%5c",  # lower case, %20
+        '{"username": "bob+x@example.com", "password": "p&=q% \\"\\u00e9\\\\"}',  # JSON, ASCII
+        '{"password": "p&=q% \\"é\\\\"}',  # JSON, UTF-8
+    ]
+    for echo in echoes:
+        text = upstream_text(f"<p>Wrong email or password ({echo})</p>", (username, password))
+        assert "bob" not in text and "p&=q" not in text and "p%26" not in text.lower(), text
+        assert "[redacted]" in text
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [

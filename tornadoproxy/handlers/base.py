@@ -9,19 +9,20 @@ flush after each, anything else is sent with a Content-Length when it fits `fetc
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from typing import Any
 
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
+from tornadoproxy.body_intake import BodyBuffer
+from tornadoproxy.cors import is_preflight, origin_headers, preflight_headers
+from tornadoproxy.credentials import HEADERS, client_address, upstream_authorization
 from tornadoproxy.diagnosis import diagnose
 from tornadoproxy.errors import (
     BadRequest,
     GatewayBusy,
     GatewayError,
-    MissingAuthorization,
     PayloadTooLarge,
     UpstreamError,
 )
@@ -63,8 +64,8 @@ class BaseHandler(RequestHandler):
         self.streamed = False
         self.stream_end: str | None = None
         self.error_code: str | None = None  # the code of the gateway error this request ended with
-        self._body_parts: list[bytes] = []
-        self._body_size = 0
+        self.error_counted = False  # True when the listener already counted error_code
+        self._body = BodyBuffer(services.config.server.max_body_size)
         self._deferred: GatewayError | None = None
         self._exchange: Exchange | None = None
         self.client_gone = False
@@ -73,28 +74,28 @@ class BaseHandler(RequestHandler):
     def prepare(self) -> None:
         self._apply_cors()
         refusal = self._refusal()
-        if refusal is None:
-            return
         length = self.request.headers.get("Content-Length", "0")
-        large = (
-            not length.isdigit()
-            or int(length) > _EARLY_ANSWER_BODY
-            or "Transfer-Encoding" in self.request.headers
-        )
-        if large or isinstance(refusal, PayloadTooLarge):
-            # Answered before the body is read; tornado then closes the connection.
-            self.set_header("Connection", "close")
-            self.fail(refusal)
-        else:
+        chunked = "Transfer-Encoding" in self.request.headers
+        if refusal is not None:
+            large = not length.isdigit() or int(length) > _EARLY_ANSWER_BODY or chunked
+            if large or isinstance(refusal, PayloadTooLarge):
+                # Answered before the body is read; tornado then closes the connection.
+                self.set_header("Connection", "close")
+                self.fail(refusal)
+                return
             # Answered once the small body is read: answering early can reset the client's socket.
             self._deferred = refusal
+        if chunked or length != "0":
+            self.services.body_deadlines.watch(self)  # released by check_request() or the end
 
     def _refusal(self) -> GatewayError | None:
         """Why this request is refused before it is read: access, size, then the raw path."""
         policy = self.services.access
         if not policy.open and not self.open_access and not self.trusted_listener:
+            headers = self.request.headers
             try:
-                policy.check(self.client_address, self.request.headers.get(policy.key_header))
+                preflight = is_preflight(self.request.method, headers)
+                policy.check(self.client_address, headers.get(policy.key_header), needs_key=not preflight)
             except GatewayError as error:
                 return error
         limit = self.services.config.server.max_body_size
@@ -111,25 +112,34 @@ class BaseHandler(RequestHandler):
     def data_received(self, chunk: bytes) -> None:
         if self._deferred is not None or self._finished:
             return
-        self._body_size += len(chunk)
-        limit = self.services.config.server.max_body_size
-        if self._body_size > limit:
-            self._body_parts = []
+        if not self._body.add(chunk):
+            limit = self._body.limit
             self.set_header("Connection", "close")
             self.fail(
                 PayloadTooLarge(f"the request body is larger than {limit} bytes (server.max_body_size)")
             )
-            return
-        self._body_parts.append(chunk)
 
     @property
     def body(self) -> bytes:
-        if len(self._body_parts) != 1:
-            self._body_parts = [b"".join(self._body_parts)]
-        return self._body_parts[0]
+        return self._body.value()
+
+    def body_timed_out(self) -> None:
+        """The body is still incomplete after server.body_timeout seconds (body_intake.py)."""
+        self._body.clear()
+        self.set_header("Connection", "close")
+        timeout = self.services.config.server.body_timeout
+        self.fail(
+            GatewayError(
+                f"the request body did not arrive within {timeout:g} s (server.body_timeout)",
+                status=408,
+                code="body_timeout",
+            )
+        )
 
     def check_request(self) -> None:
-        """Raise the error found while the request arrived, if any; every method calls this first."""
+        """Raise the error found while the request arrived, if any; every method calls this first
+        (the body is complete by then)."""
+        self.services.body_deadlines.release(self)
         if self._deferred is not None:
             raise self._deferred
 
@@ -145,28 +155,20 @@ class BaseHandler(RequestHandler):
 
     def _apply_cors(self) -> None:
         origins = self.services.config.server.cors_origins
-        if not origins:
-            return
-        if "*" in origins:
-            self.set_header("Access-Control-Allow-Origin", "*")
-            return
-        origin = self.request.headers.get("Origin")
-        if origin in origins:
-            self.set_header("Access-Control-Allow-Origin", origin)
-            self.set_header("Vary", "Origin")
+        if origins:
+            for name, value in origin_headers(origins, self.request.headers.get("Origin")):
+                self.set_header(name, value)
 
     def options(self, *_args: str) -> None:
-        """CORS preflight, answered by the gateway for every route."""
+        """CORS preflight, answered by the gateway for every route (cors.py)."""
         self.check_request()
         self.set_status(204)
         if self.services.config.server.cors_origins:
-            self.set_header("Access-Control-Allow-Methods", ", ".join(self.SUPPORTED_METHODS))
             requested = self.request.headers.get("Access-Control-Request-Headers")
-            self.set_header(
-                "Access-Control-Allow-Headers",
-                requested or "Authorization, X-Authorization, Content-Type, OpenAI-Organization",
-            )
-            self.set_header("Access-Control-Max-Age", "86400")
+            key_header = self.services.access.key_header
+            for name, value in preflight_headers(self.SUPPORTED_METHODS, requested, key_header):
+                varies = self._headers.get("Vary") if name == "Vary" else None
+                self.set_header(name, f"{varies}, {value}" if varies else value)
         self.finish()
 
     def fail(self, error: GatewayError) -> None:
@@ -193,41 +195,65 @@ class BaseHandler(RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(error.to_json())
 
+    def on_finish(self) -> None:
+        self.services.body_deadlines.release(self)
+
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, GatewayError):
             return  # an answer, not a fault: the access log has the status
         if isinstance(value, HTTPError) and value.status_code < 500:
             return
-        super().log_exception(typ, value, tb)
+        # Not tornado's own line: it carries the raw URI and the request's repr (the Host header).
+        method = self.request.method if self.request.method in self.SUPPORTED_METHODS else "other"
+        log.error("unexpected failure on %s %s", method, self.route, exc_info=(typ, value, tb))
 
     def on_connection_close(self) -> None:
+        """The client connection closed before this request finished: while its body arrived (the
+        client left, the body was malformed or too slow, or the drain closed it) or later."""
+        body_complete = self.request._body_future.done()
+        if not body_complete:
+            # tornado fails this future, and raises its error into its own frame, which refers to
+            # this handler: a cycle (handler -> request -> future -> error -> traceback -> frame ->
+            # handler) unless the request stops referring to the failed future.
+            super().on_connection_close()  # tornado stops waiting for the body and leaves the handler
+            self.request._body_future = _completed_future()
         self.client_gone = True
+        self._body.clear()
+        self.services.body_deadlines.release(self)
         if self._exchange is not None:
             self._exchange.abort("client_gone")
+        if not body_complete and not self._finished:
+            self._end_without_body()
+
+    def _end_without_body(self) -> None:
+        """End, once, a request whose body never fully arrived; tornado would leave it waiting until
+        shutdown, holding what it had read. Nobody can be answered any more (a malformed body was
+        answered 400 by the listener already): the status is for the access log and metrics."""
+        stream = getattr(self.request.connection, "stream", None)
+        answered = getattr(stream, "answered", None)
+        if answered is not None:
+            status, reason, self.error_code, self.error_counted = 400, None, answered, True
+        elif self.services.lifecycle.draining:
+            status, reason, self.error_code = 503, None, "shutting_down"
+        else:
+            status, reason = 499, "Client Closed Request"  # nginx's code: the client left
+        self.clear()
+        self.set_status(status, reason)
+        self.finish()
 
     # -- credentials and client -------------------------------------------------------------------
     def authorization(self) -> str:
-        """The client's upstream credential as `Bearer ...` (X-Authorization accepted too)."""
-        value = self.request.headers.get("Authorization") or self.request.headers.get("X-Authorization")
-        if not value or not value.strip():
-            raise MissingAuthorization("this route needs an Authorization header (Bearer <token or key>)")
-        value = value.strip()
-        if value[:7].lower() != "bearer ":
-            value = "Bearer " + value
-        return value
+        """The client's upstream credential as `Bearer ...` (credentials.py)."""
+        headers = self.request.headers
+        return upstream_authorization([headers.get_list(name) for name in HEADERS])
 
     @property
     def client_address(self) -> str:
         """The client's IP; X-Forwarded-For is believed only from server.trusted_proxies."""
-        remote = self.request.remote_ip or ""
-        trusted = self.services.config.server.trusted_proxies
         forwarded = self.request.headers.get("X-Forwarded-For")
-        if not trusted or not forwarded or not _in_networks(remote, trusted):
-            return remote
-        for hop in reversed([part.strip() for part in forwarded.split(",")]):
-            if not _in_networks(hop, trusted):
-                return hop
-        return remote
+        return client_address(
+            self.request.remote_ip or "", forwarded, self.services.config.server.trusted_proxies
+        )
 
     # -- the relay --------------------------------------------------------------------------------
     async def relay(
@@ -416,6 +442,12 @@ class BaseHandler(RequestHandler):
             raise StreamClosedError() from None
 
 
+def _completed_future() -> asyncio.Future[None]:
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
 def _as_gateway_error(status_code: int, exc_info: Any) -> GatewayError:
     error = exc_info[1] if exc_info else None
     if isinstance(error, GatewayError):
@@ -429,11 +461,3 @@ def _as_gateway_error(status_code: int, exc_info: Any) -> GatewayError:
     if status_code < 500:
         return BadRequest("the request was not accepted", status=status_code)
     return GatewayError("the gateway failed to handle this request; see its log", status=500)
-
-
-def _in_networks(address: str, networks: tuple[str, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)

@@ -7,9 +7,9 @@ the flow's last step (shared/spec/upstream-auth.md), served from the token cache
 
 from __future__ import annotations
 
-import json
 from functools import partial
 
+from tornadoproxy.bodies import is_json_string, parse_json
 from tornadoproxy.errors import BadRequest, GatewayBusy
 from tornadoproxy.handlers.base import BaseHandler
 from tornadoproxy.handlers.routing import Route
@@ -38,18 +38,19 @@ class LoginHandler(BaseHandler):
 
 
 def parse_login_body(body: bytes) -> tuple[str, str]:
-    """(username, password) from the JSON body, or BadRequest saying what is wrong (never the values)."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest('the login body must be JSON: {"username": "...", "password": "..."}') from None
+    """(username, password) from the JSON body, or BadRequest saying what is wrong (never the values).
+    Parsed strictly (bodies.parse_json: nesting, UTF-8, duplicate keys), and both must be text that
+    UTF-8 can carry: a lone surrogate such as "\\ud800" is valid JSON but not a password."""
+    data = parse_json(body, "the login body")
     if not isinstance(data, dict):
         raise BadRequest('the login body must be a JSON object: {"username": "...", "password": "..."}')
     username, password = data.get("username"), data.get("password")
-    if not isinstance(username, str) or not username.strip():
+    if not is_json_string(username) or not username.strip():
         raise BadRequest("the login body needs a non-empty string username")
-    if not isinstance(password, str) or not password:
+    if not is_json_string(password) or not password:
         raise BadRequest("the login body needs a non-empty string password")
+    if not _encodable(username) or not _encodable(password):
+        raise BadRequest("username and password must be valid Unicode text (no lone surrogates)")
     if len(username) > _MAX_USERNAME or len(password) > _MAX_PASSWORD:
         raise BadRequest(
             f"username or password too long (at most {_MAX_USERNAME} and {_MAX_PASSWORD} characters)"
@@ -57,6 +58,14 @@ def parse_login_body(body: bytes) -> tuple[str, str]:
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in username + password):
         raise BadRequest("username and password must not contain control characters")
     return username.strip(), password
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 ROUTES: list[Route] = [

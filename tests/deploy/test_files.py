@@ -7,6 +7,7 @@ against a real gateway. The Grafana files are checked for shape and against the 
 from __future__ import annotations
 
 import fnmatch
+import importlib.metadata
 import json
 import os
 import re
@@ -22,6 +23,7 @@ import pytest
 import yaml
 
 from tests.harness import ROOT, Gateway, stop_process
+from tornadoproxy import __version__
 from tornadoproxy.config import load_config
 from tornadoproxy.workers import DRAIN_GRACE
 
@@ -150,7 +152,12 @@ def test_compose_wiring_fits_the_gateway_config() -> None:
     assert "./tornadoproxy.yaml:/etc/tornadoproxy/tornadoproxy.yaml:ro" in gateway["volumes"]
     assert f"{config.server.port}:{config.server.port}" in gateway["ports"]
     assert gateway["read_only"] and gateway["cap_drop"] == ["ALL"] and "/tmp" in gateway["tmpfs"][0]
-    assert os.path.dirname(config.tokens.file) == "/var/lib/tornadoproxy"  # the named volume
+    assert config.tokens.store == "redis" and config.tokens.redis_url == "redis://redis:6379/0"
+    assert gateway["depends_on"] == ["redis"] and "ports" not in services["redis"]
+    assert (
+        services["redis"]["volumes"] == ["redis-data:/data"]
+        and "--appendonly" in services["redis"]["command"]
+    )
     grace = float(gateway["stop_grace_period"].rstrip("s"))
     assert grace > config.server.drain_timeout + DRAIN_GRACE
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
@@ -215,22 +222,27 @@ def test_the_unit_is_hardened(unit_here: Path) -> None:
 # -- Dockerfile -----------------------------------------------------------------------------------
 INSTRUCTIONS = {"FROM", "ENV", "WORKDIR", "COPY", "RUN", "USER", "EXPOSE", "HEALTHCHECK", "STOPSIGNAL",
                 "ENTRYPOINT", "CMD", "ARG", "LABEL"}  # fmt: skip
+BASE = re.compile(r"python:3\.11(\.\d+)?-slim-[a-z]+")
 
 
 def parsed() -> list[Any]:
     return list(dockerfile.parse_file(str(ROOT / "Dockerfile")))
 
 
+def final_stage(commands: list[Any]) -> list[Any]:
+    last_from = max(i for i, command in enumerate(commands) if command.cmd == "FROM")
+    return commands[last_from:]
+
+
 def test_dockerfile_lint() -> None:
-    """Rules after hadolint's (which Debian does not package), applied to BuildKit's own parse."""
+    """Rules after hadolint's (which Debian does not package), applied to BuildKit's own parse; the
+    image itself is built and run by tests/deploy/test_image.py."""
     commands = parsed()
     names = [command.cmd for command in commands]
     assert set(names) <= INSTRUCTIONS, set(names) - INSTRUCTIONS
-    assert names[0] == "FROM" and names.count("FROM") == 1
-    image = commands[0].value[0]
-    assert re.fullmatch(r"python:3\.11(\.\d+)?-slim-[a-z]+", image), (
-        "pin the base image's tag (DL3006/DL3007)"
-    )
+    assert [c.cmd for c in commands if c.cmd != "ARG"][0] == "FROM" and names.count("FROM") == 2
+    for image in (command.value[0] for command in commands if command.cmd == "FROM"):
+        assert BASE.fullmatch(image), "pin the base image's tag (DL3006/DL3007)"
     assert "ADD" not in names  # DL3020
     for command in commands:
         if command.cmd in ("CMD", "ENTRYPOINT", "HEALTHCHECK"):
@@ -240,10 +252,17 @@ def test_dockerfile_lint() -> None:
         if command.cmd == "RUN":
             text = command.value[0]
             assert "sudo" not in text and "apt-get upgrade" not in text  # DL3004, DL3005
-            if "pip install" in text:
-                assert "--no-cache-dir" in text and "-c constraints.txt" in text  # DL3042, pinned
-    users = [command.value[0] for command in commands if command.cmd == "USER"]
-    assert users and users[-1] not in ("root", "0"), "run as a non-root user (DL3002)"
+            if re.search(r"pip (install|wheel)", text):
+                assert "--no-cache-dir" in text, text  # DL3042
+                assert "-c constraints.txt" in text or "--no-index" in text, "pinned, or from the wheels"
+    final = final_stage(commands)
+    assert not any(c.cmd == "RUN" and "pip" in c.value[0] for c in final), (
+        "installs belong to the build stage"
+    )
+    copied = [c for c in final if c.cmd == "COPY" and c.flags == ("--from=build",)]
+    assert [c.value for c in copied] == [("/opt/tornadoproxy", "/opt/tornadoproxy")]  # the virtualenv only
+    users = [command.value[0] for command in final if command.cmd == "USER"]
+    assert users and users[-1].isdigit() and users[-1] != "0", "a numeric non-root user (DL3002)"
     assert names.index("USER") < names.index("ENTRYPOINT")
     stop = next(command for command in commands if command.cmd == "STOPSIGNAL")
     assert stop.value == ("SIGTERM",)
@@ -251,13 +270,42 @@ def test_dockerfile_lint() -> None:
     assert expose.value == (str(load_config(None, {}).server.port),)
 
 
+def test_the_image_version_is_the_package_version() -> None:
+    """One version: tornadoproxy/__init__.py, read by setup.py; the Dockerfile's default must match it
+    (its build refuses a VERSION other than the built wheel's)."""
+    (default,) = [c.value[0] for c in parsed() if c.cmd == "ARG" and c.value[0].startswith("VERSION=")]
+    assert default == f"VERSION={__version__}"
+    assert importlib.metadata.version("tornadoproxy") == __version__, "reinstall: pip install -e ."
+    declared = run([sys.executable, "setup.py", "--version"])
+    assert declared.stdout.strip().splitlines()[-1] == __version__, declared.stderr
+    assert f"## [{__version__}]" in (ROOT / "CHANGELOG.md").read_text()
+    labels = " ".join(" ".join(c.value) for c in parsed() if c.cmd == "LABEL")
+    for key in ("title", "description", "version", "revision", "created", "base.name"):
+        assert f"org.opencontainers.image.{key}" in labels, key
+
+
+def dockerignore_allows(path: str) -> bool:
+    """.dockerignore's verdict on a path: the last matching pattern wins, `!` re-includes."""
+    allowed = True
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negated = pattern.startswith("!")
+        pattern = pattern.lstrip("!")
+        if fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(path, pattern.removeprefix("**/")):
+            allowed = negated
+    return allowed
+
+
 def test_dockerfile_copies_only_what_the_build_context_holds() -> None:
-    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip()]
-    for command in (command for command in parsed() if command.cmd == "COPY"):
+    local = [c for c in parsed() if c.cmd == "COPY" and not any(f.startswith("--from") for f in c.flags)]
+    for command in local:
         for source in command.value[:-1]:
             assert (ROOT / source).exists(), source
-            assert not any(fnmatch.fnmatch(source, pattern) for pattern in ignored), source
-    assert "tests" in ignored and "deploy" in ignored and ".git" in ignored
+            assert dockerignore_allows(source), source
+    for kept_out in ("tests", ".git", "deploy", ".venv", "bench", "README.md", ".pytest-tmp"):
+        assert not dockerignore_allows(kept_out), kept_out
 
 
 def test_dockerfile_install_step_and_healthcheck(
@@ -266,7 +314,7 @@ def test_dockerfile_install_step_and_healthcheck(
     """Replay the image's pip install (the package from its COPY'd files, no editable install) and run
     the HEALTHCHECK command against a gateway started from that installed copy."""
     context = tmp_path / "context"
-    for command in (command for command in parsed() if command.cmd == "COPY"):
+    for command in (c for c in parsed() if c.cmd == "COPY" and not c.flags):
         *sources, _ = command.value
         for source in sources:
             if source.startswith("conf/"):

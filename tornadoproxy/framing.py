@@ -1,0 +1,92 @@
+"""HTTP/1.1 message framing as RFC 9112 has it, where tornado's parser is laxer or stricter.
+
+`StrictHTTP1Connection` takes the place of tornado's HTTP1Connection for each request (listener.py):
+- A bare LF in the header block is refused (400). Tornado takes it for a line end, so
+  `OpenAI-Organization: a<LF>X-Injected: 1` became two headers where a proxy in front, reading one
+  field with an invalid value, saw one: the RFC lets a recipient recognise a bare LF or refuse it.
+- HTTP/1.0 with Transfer-Encoding is faulty framing (RFC 9112 6.1): refused (400), and the connection
+  closed, so nothing pipelined after it is read as a request.
+- Chunk extensions (`1a;name=value`) are allowed and ignored, and a trailer section is read and
+  dropped (RFC 9112 7.1): tornado refused both. A chunk-size line is at most 1 KiB, a trailer section
+  at most the header size limit.
+Leading empty lines before a request line are skipped by the listener's stream (the header read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from tornado import httputil
+from tornado.http1connection import HTTP1Connection
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
+_MAX_CHUNK_LINE = 1024
+# Yield to the event loop after this much body (a chunk header counting as 1 KiB): a body of tiny
+# chunks already in the buffer would otherwise be parsed without a pause.
+_YIELD_AFTER = 256 * 1024
+_HEADER_COST = 1024
+
+
+class StrictHTTP1Connection(HTTP1Connection):
+    """tornado's server-side connection with the framing rules above (installed by a class swap)."""
+
+    def _parse_headers(self, data: bytes) -> tuple[str, httputil.HTTPHeaders]:
+        if _BARE_LF.search(data.lstrip(b"\r\n")):
+            raise httputil.HTTPInputError("bare LF in the header block")
+        start_line, headers = super()._parse_headers(data)
+        if start_line.endswith(" HTTP/1.0") and "Transfer-Encoding" in headers:
+            raise httputil.HTTPInputError("HTTP/1.0 with Transfer-Encoding")
+        return start_line, headers
+
+    async def _read_chunked_body(self, delegate: httputil.HTTPMessageDelegate) -> None:
+        """The chunks' data to `delegate` in pieces of up to chunk_size (small chunks joined)."""
+        total = work = 0
+        pending = bytearray()
+        piece = self.params.chunk_size
+        while True:
+            size = _chunk_size(await self.stream.read_until(b"\r\n", max_bytes=_MAX_CHUNK_LINE))
+            if size == 0:
+                break
+            total += size
+            if total > self._max_body_size:
+                raise httputil.HTTPInputError("chunked body too large")
+            work += _HEADER_COST
+            while size:
+                data = await self.stream.read_bytes(min(size, piece), partial=True)
+                size -= len(data)
+                work += len(data)
+                pending += data
+                if len(pending) >= piece:
+                    await self._deliver_body(delegate, bytes(pending))
+                    pending.clear()
+            if await self.stream.read_bytes(2) != b"\r\n":
+                raise httputil.HTTPInputError("improperly terminated chunk")
+            if work >= _YIELD_AFTER:
+                work = 0
+                await asyncio.sleep(0)
+        await self._skip_trailers()
+        if pending:
+            await self._deliver_body(delegate, bytes(pending))
+
+    async def _skip_trailers(self) -> None:
+        """Read the trailer section up to its empty line; its fields are not relayed."""
+        budget = self.params.max_header_size or 65536
+        while True:
+            if budget <= 2:
+                raise httputil.HTTPInputError("trailer section too large")
+            line = await self.stream.read_until(b"\r\n", max_bytes=budget)
+            if line == b"\r\n":
+                return
+            budget -= len(line)
+            if _BARE_LF.search(line[:-2]) or b":" not in line or line[:1] in (b" ", b"\t"):
+                raise httputil.HTTPInputError("malformed trailer field")
+
+
+def _chunk_size(line: bytes) -> int:
+    """The size of a chunk-size line (`1a`, `1a;name=value`, with its CRLF)."""
+    match = _CHUNK_SIZE.fullmatch(line[:-2])
+    if match is None:
+        raise httputil.HTTPInputError("invalid chunk size")
+    return int(match.group(1), 16)
