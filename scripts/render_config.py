@@ -7,7 +7,23 @@ import typing
 import yaml
 
 from tornadoproxy.config import Config
-from tornadoproxy.options import describe
+from tornadoproxy.options import describe, record_type
+from tornadoproxy.redact import Secret
+
+
+def plain(default: object) -> object:
+    if isinstance(default, tuple):
+        return list(default)
+    if hasattr(default, "items"):
+        return dict(default)  # type: ignore[call-overload]
+    if isinstance(default, Secret):
+        return default.reveal()
+    return default
+
+
+def render_value(key: str, default: object) -> str:
+    return yaml.safe_dump({key: plain(default)}, default_flow_style=True, width=1000).strip()[1:-1]
+
 
 hints = typing.get_type_hints(Config)
 out = [
@@ -19,16 +35,20 @@ out = [
 ]
 for f in dataclasses.fields(Config):
     out.append(f"# --- {f.name}: {f.metadata['help']}")
+    record = record_type(hints[f.name])
+    if record is not None:
+        out.append("# Each entry takes these keys (shown with their defaults):")
+        for path, default, help in describe(record):
+            out.append(f"#   {render_value(path, default)}")
+            out.extend(f"#       {line}" for line in textwrap.wrap(help, 90))
+        out.append(f"{f.name}: []")
+        out.append("")
+        continue
     out.append(f"{f.name}:")
     for path, default, help in describe(hints[f.name], f.name):
         key = path.split(".", 1)[1]
         for line in textwrap.wrap(help, 96):
             out.append(f"  # {line}")
-        if isinstance(default, tuple):
-            default = list(default)
-        if hasattr(default, "items"):
-            default = dict(default)
-        val = yaml.safe_dump({key: default}, default_flow_style=True, width=1000).strip()[1:-1]
-        out.append(f"  {val}")
+        out.append(f"  {render_value(key, default)}")
     out.append("")
 print("\n".join(out))

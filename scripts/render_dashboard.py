@@ -230,6 +230,103 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]], str]]]] =
         ],
     ),
     (
+        "Account pool",
+        [
+            (
+                "table",
+                "Pool accounts by state",
+                "short",
+                [(f"max by (account, state) (tornadoproxy_pool_account_state{{{SEL}}}) == 1", "{{account}}")],
+                "The state of each account (ready, busy, cooling, logging_in, invalid); "
+                "GET /accounts says why.",
+            ),
+            (
+                "timeseries",
+                "Pool answers by account and outcome",
+                "ops",
+                [
+                    (
+                        f"sum by (account, outcome) (rate(tornadoproxy_pool_requests_total{{{SEL}}}{RATE}))",
+                        "{{account}} {{outcome}}",
+                    )
+                ],
+                "Answers served by pool accounts: ok, rate_limited, challenge, blocked, unauthorized, "
+                "transport, aborted.",
+            ),
+            (
+                "timeseries",
+                "Pool answers in flight",
+                "short",
+                [(f"sum by (account) (tornadoproxy_pool_account_in_flight{{{SEL}}})", "{{account}}")],
+                "Answers each account is serving now (all instances and workers).",
+            ),
+            (
+                "timeseries",
+                "Pool queue",
+                "short",
+                [
+                    (f"sum(tornadoproxy_pool_queue_length{{{SEL}}})", "waiting"),
+                    (
+                        f"sum by (reason) (rate(tornadoproxy_pool_queue_rejected_total{{{SEL}}}{RATE}))",
+                        "429/s {{reason}}",
+                    ),
+                ],
+                "Requests waiting for a free account; refused with 429 accounts_busy (queue full, timeout).",
+            ),
+            (
+                "timeseries",
+                "Pool queue wait",
+                "s",
+                [
+                    (
+                        f"histogram_quantile({q}, sum by (le) "
+                        f"(rate(tornadoproxy_pool_queue_wait_seconds_bucket{{{SEL}}}{RATE})))",
+                        f"p{int(q * 100)}",
+                    )
+                    for q in (0.5, 0.95)
+                ],
+                "Time requests waited for an account (0 when one was free).",
+            ),
+            (
+                "timeseries",
+                "Pool token lifetime left",
+                "s",
+                [
+                    (
+                        f"min by (account) (tornadoproxy_pool_account_token_expiry_seconds{{{SEL}}})",
+                        "{{account}}",
+                    )
+                ],
+                "Seconds until each account's accessToken expires (0: it has none).",
+            ),
+            (
+                "timeseries",
+                "Pool logins by outcome",
+                "ops",
+                [
+                    (
+                        "sum by (account, kind, outcome) "
+                        f"(rate(tornadoproxy_pool_logins_total{{{SEL}}}{RATE}))",
+                        "{{account}} {{kind}} {{outcome}}",
+                    ),
+                    (
+                        f"max by (account) (tornadoproxy_pool_account_login_failures{{{SEL}}})",
+                        "{{account}} failures in a row",
+                    ),
+                ],
+                "Background logins (login: no usable token; refresh: ahead of expiry) and failures in a row.",
+            ),
+            (
+                "stat",
+                "Pool slots shared through Redis",
+                "short",
+                [(f"min(tornadoproxy_pool_shared_state_up{{{SEL}}})", "shared")],
+                "1: slots, queue and cool-downs shared through Redis; 0: some process serves on its "
+                "own slots.",
+            ),
+        ],
+    ),
+    (
         "Capacity and process",
         [
             (
@@ -346,7 +443,9 @@ def dashboard() -> dict[str, Any]:
     return {
         "uid": "tornadoproxy",
         "title": "tornadoproxy",
-        "description": "The gateway's traffic, latency, streams, upstreams, egress, logins and capacity.",
+        "description": (
+            "The gateway's traffic, latency, streams, upstreams, egress, logins, account pool and capacity."
+        ),
         "tags": ["tornadoproxy"],
         "timezone": "browser",
         "editable": True,

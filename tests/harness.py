@@ -186,6 +186,10 @@ class Simulator:
         """{"logins": completed logins, "password_attempts": password forms received} of an account."""
         return dict(self._control("GET", "/__sim__/accounts")[email])
 
+    def issued_tokens(self) -> list[str]:
+        """Every accessToken the simulated login hosts issued since the last reset."""
+        return list(self._control("GET", "/__sim__/tokens"))
+
     def challenge(self, step: str, kind: str = "challenge", times: int = -1) -> None:
         """Answer a login step with a Cloudflare challenge (or "block") page, `times` times (-1: always)."""
         self._control("POST", "/__sim__/challenges", {"step": step, "kind": kind, "times": times})
@@ -376,8 +380,9 @@ def streaming(
 class RedisServer:
     """A throw-away redis-server (Debian package) on a free loopback port, no persistence."""
 
-    def __init__(self, log_dir: Path, password: str | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, log_dir: Path, password: str | None = None, port: int | None = None) -> None:
+        """`port`: start again where a stopped one listened (its clients reconnect)."""
+        self.port = port or free_port()
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         args += ["--appendonly", "no", "--daemonize", "no", "--dir", str(log_dir)]
         if password:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tornado.web import Application, RequestHandler
 
-from tornadoproxy.handlers import chatgpt, logins, ops, platform
+from tornadoproxy.handlers import accounts, chatgpt, logins, ops, platform
 from tornadoproxy.handlers.base import RELAY_METHODS, BaseHandler
 from tornadoproxy.handlers.ops import NotFoundHandler
 from tornadoproxy.handlers.routing import Route, route_specs
@@ -20,7 +20,7 @@ _KNOWN_METHODS = frozenset(RELAY_METHODS + ("OPTIONS",))
 def all_routes() -> list[Route]:
     """Every route the gateway serves, in matching order. tornado tries the routes one regex after
     the other, so the busiest family comes first; no two families' patterns overlap."""
-    return platform.ROUTES + chatgpt.ROUTES + logins.ROUTES + ops.ROUTES
+    return platform.ROUTES + chatgpt.ROUTES + logins.ROUTES + ops.ROUTES + accounts.ROUTES
 
 
 def make_app(services: Services) -> Application:
@@ -37,13 +37,14 @@ def make_app(services: Services) -> Application:
 
 
 def make_ops_app(services: Services) -> Application:
-    """The ops listener: /healthz, /readyz and /metrics without access checks, for a private address."""
+    """The ops listener: /healthz, /readyz, /metrics and /accounts without access checks, for a
+    private address."""
 
     def record_request(handler: RequestHandler) -> None:
         _record(services, handler)
 
     return Application(
-        route_specs(ops.ROUTES, services, trusted_listener=True),
+        route_specs(ops.ROUTES + accounts.ROUTES, services, trusted_listener=True),
         default_handler_class=NotFoundHandler,
         default_handler_args={"services": services, "trusted_listener": True},
         log_function=record_request,

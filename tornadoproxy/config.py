@@ -16,6 +16,12 @@ from typing import Any, Literal
 
 import yaml
 
+from tornadoproxy.account_options import (
+    AccountConfig,
+    PoolConfig,
+    distinct_account_names,
+    resolve_account_secrets,
+)
 from tornadoproxy.option_checks import (
     between,
     existing_directory,
@@ -79,7 +85,7 @@ class ServerConfig:
         1,
         "worker processes on the same port, a listening socket each; a parent process restarts a worker "
         "that dies and passes SIGTERM and SIGHUP on to every worker; more than 1 needs tokens.store memory "
-        "or redis",
+        "or redis (redis when accounts are configured: the workers share the pool through it)",
         between(1, 64),
     )
     metrics_dir: str = option(
@@ -354,6 +360,14 @@ class Config:
     logins: LoginsConfig = section(LoginsConfig, "the /chatgpt/login and /platform/login flows")
     tokens: TokensConfig = section(TokensConfig, "the cache of logins (accessTokens and sessionKeys)")
     logging: LoggingConfig = section(LoggingConfig, "logs")
+    accounts: tuple[AccountConfig, ...] = option(
+        (),
+        "the account pool (README: Account pool): ChatGPT web accounts the gateway logs in and shares",
+        distinct_account_names,
+    )
+    pool: PoolConfig = section(
+        PoolConfig, "how requests share the accounts: queue, cool-downs, token refresh"
+    )
 
 
 def load_config(path: str | None, environ: Mapping[str, str]) -> Config:
@@ -373,7 +387,9 @@ def load_config(path: str | None, environ: Mapping[str, str]) -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("(top level): must be a mapping of sections")
-    return build(Config, _apply_environment(raw, environ), "")
+    config: Config = build(Config, _apply_environment(raw, environ), "")
+    accounts = resolve_account_secrets(config.accounts, environ)
+    return dataclasses.replace(config, accounts=accounts) if accounts else config
 
 
 def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:

@@ -47,6 +47,14 @@ class EgressPools:
                 self._health[(upstream, proxy)] = _Health()
                 metrics.watch_egress_proxy(upstream, proxy.label, self._up_probe(upstream, proxy))
 
+    def track(self, upstream: str, proxy: EgressProxy) -> None:
+        """Keep the health of a proxy outside `upstream`'s rotation (an account's own proxy): its
+        failures are counted and shown like the others', and it is never chosen for other requests."""
+        if proxy.is_direct or (upstream, proxy) in self._health:
+            return
+        self._health[(upstream, proxy)] = _Health()
+        self._metrics.watch_egress_proxy(upstream, proxy.label, self._up_probe(upstream, proxy))
+
     def proxies(self, upstream: str) -> tuple[EgressProxy, ...]:
         return self._proxies[upstream]
 

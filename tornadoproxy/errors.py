@@ -136,3 +136,26 @@ class LoginError(GatewayError):
     ) -> None:
         super().__init__(message, status=status, code=code, retry_after=retry_after)
         self.outcome = outcome
+
+
+class AccountsBusy(GatewayError):
+    """Every account of the pool that could serve the request stayed busy: the wait queue was full, or
+    the request waited `pool.queue_timeout`. Always carries Retry-After (whole seconds)."""
+
+    status = 429
+    code = "accounts_busy"
+    type = "rate_limit_error"
+
+
+class AccountsUnavailable(GatewayError):
+    """No account of the pool can serve the request at all: none is allowed the model, every one was
+    already tried for this request, or the only ones left are invalid. `reason` says which
+    ("model", "tried", "invalid"); a caller that already has an upstream error answers with that."""
+
+    status = 503
+    code = "accounts_unavailable"
+    type = "gateway_error"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

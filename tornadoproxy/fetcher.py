@@ -7,7 +7,8 @@ profile's transport (engines.py) adds its own. This is the only module that turn
 into `UpstreamError`s (with the table in curl_errors.py). A request that failed before it
 could reach the upstream (an egress proxy failure, a refused or timed-out connect) is sent again, at
 most twice, after a short random delay, through the next egress proxy that is up: the upstream never
-saw it, so the client never notices.
+saw it, so the client never notices; except when the request pins its proxy (an account of the
+pool): then it fails, and the account cools down instead.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class Fetcher:
         route = self._routes[request.upstream]
         if gated:
             await self._gate.acquire()
-        proxy = self.egress.choose(route.name)
+        proxy = request.proxy or self.egress.choose(route.name)
         assert proxy is not None  # a first attempt always gets a proxy
         exchange = Exchange(self, request, route, proxy, gated, self.config.max_decoded_size)
         self._open.add(exchange)
@@ -102,14 +103,17 @@ class Fetcher:
     def _start(self, exchange: Exchange) -> None:
         """Hand the exchange's request to its profile's engine through its current proxy."""
         request, route = exchange.request, exchange.route
+        profile = request.profile or route.profile  # an account of the pool may have its own
+        proxy_options = self._proxy_options.get(exchange.proxy)
+        if proxy_options is None:  # a pinned proxy outside every route's list: an account's own
+            proxy_options = self._proxy_options[exchange.proxy] = exchange.proxy.curl_options()
         transfer = Transfer(
-            options=self._proxy_options[exchange.proxy]
-            + _request_options(request, int(self.config.connect_timeout * 1000)),
-            header_lines=route.profile.header_lines(request.headers, route.origin),
+            options=proxy_options + _request_options(request, int(self.config.connect_timeout * 1000)),
+            header_lines=profile.header_lines(request.headers, route.origin),
             ca_file=self.config.ca_file,
             cookies=request.cookies,
         )
-        self._transports.get(route.profile).start(transfer, exchange)
+        self._transports.get(profile).start(transfer, exchange)
 
     async def fetch(self, request: UpstreamRequest, gated: bool = True) -> tuple[Exchange, bytes]:
         """Send `request` and read its whole (bounded) body: for logins and probes, not relays."""
@@ -212,6 +216,8 @@ class Fetcher:
         connect_failed = exchange.proxy.is_direct and before_upstream(failure, exchange.headers_complete)
         if not (proxied or connect_failed) or not exchange.received_nothing:
             return False
+        if proxied and exchange.request.proxy is not None:
+            return False  # a pinned proxy is the account's session: no other proxy may carry it
         exchange.failed_attempts.append((exchange.proxy, error))
         if len(exchange.failed_attempts) >= MAX_ATTEMPTS:
             return False

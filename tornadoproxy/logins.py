@@ -22,11 +22,13 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 from tornadoproxy.config import LoginsConfig, UpstreamsConfig
 from tornadoproxy.diagnosis import page_kind
+from tornadoproxy.egress import EgressProxy
 from tornadoproxy.errors import LoginError, UpstreamError
 from tornadoproxy.exchange import Exchange
 from tornadoproxy.fetcher import Fetcher
 from tornadoproxy.metrics import Metrics
 from tornadoproxy.pages import element_text, hidden_inputs, upstream_text
+from tornadoproxy.profiles import ClientProfile
 from tornadoproxy.upstream import CookieJar, UpstreamRequest
 
 FAMILIES = ("chatgpt", "platform")
@@ -99,9 +101,17 @@ class Logins:
             )
         }
 
-    async def login(self, family: str, username: str, password: str) -> LoginResult:
-        """Log in afresh upstream; raises LoginError, UpstreamError or GatewayBusy."""
-        browser = _Browser(self, _FLOW_NAMES[family], (username, password))
+    async def login(
+        self,
+        family: str,
+        username: str,
+        password: str,
+        proxy: EgressProxy | None = None,
+        profile: ClientProfile | None = None,
+    ) -> LoginResult:
+        """Log in afresh upstream; raises LoginError, UpstreamError or GatewayBusy. With `proxy` and
+        `profile` (an account of the pool), every step leaves through that proxy, as that client."""
+        browser = _Browser(self, _FLOW_NAMES[family], (username, password), (proxy, profile))
         started = time.monotonic()
         if family == "chatgpt":
             flow = self._chatgpt(browser, username, password)
@@ -227,12 +237,19 @@ class Logins:
 class _Browser:
     """One login's browser: its cookie jar, the step it is at, and how it reads answers."""
 
-    def __init__(self, logins: Logins, flow: str, user_inputs: tuple[str, str]) -> None:
+    def __init__(
+        self,
+        logins: Logins,
+        flow: str,
+        user_inputs: tuple[str, str],
+        pins: tuple[EgressProxy | None, ClientProfile | None],
+    ) -> None:
         self._logins = logins
         self.flow = flow
         self.step = "start"
         self._jar = CookieJar()
         self._user_inputs = tuple(s for s in user_inputs if s)
+        self._proxy, self._profile = pins
 
     def upstream_of(self, url: str) -> str | None:
         return self._logins._origins.get(_origin(url))
@@ -259,7 +276,9 @@ class _Browser:
             body, extra = urlencode(form).encode(), extra + [_FORM]
         elif payload is not None:
             body, extra = json.dumps(payload).encode(), extra + [_JSON]
-        request = UpstreamRequest(upstream, method, url, extra, body, cookies=self._jar)
+        request = UpstreamRequest(
+            upstream, method, url, extra, body, cookies=self._jar, proxy=self._proxy, profile=self._profile
+        )
         try:
             exchange, content = await self._logins._fetcher.fetch(request)
         except UpstreamError as error:

@@ -59,7 +59,8 @@ LOGIN_OUTCOMES = (
     "error",
 )
 TOKEN_LOOKUP_RESULTS = ("hit", "miss", "mismatch")
-TOKEN_EVICTION_REASONS = ("expired", "unauthorized", "capacity")
+# refreshed: the account pool replaced a token that was about to expire (pool.refresh_margin).
+TOKEN_EVICTION_REASONS = ("expired", "unauthorized", "capacity", "refreshed")
 # Why an egress proxy was taken out of rotation (egress_pool.py).
 EGRESS_FAILURE_KINDS = (
     "proxy_refused",
@@ -99,6 +100,9 @@ GATEWAY_ERROR_CODES = (
     "login_rate_limited",
     "login_upstream_error",
     "login_interrupted",
+    "accounts_busy",
+    "accounts_unavailable",
+    "accounts_forbidden",
     "internal_error",
     "other",
 )
@@ -338,13 +342,13 @@ class Metrics:
 
     def watch_egress_proxy(self, upstream: str, proxy: str, up: Callable[[], float]) -> None:
         """Report `up()` as the health of `proxy` (its masked label) for `upstream` at each scrape."""
-        self._watch(self._egress_up.labels(upstream, proxy), up)
+        self.watch(self._egress_up.labels(upstream, proxy), up)
         for kind in EGRESS_FAILURE_KINDS:
             self._egress_failures.labels(upstream, proxy, kind)
 
     def watch_token_entries(self, entries: Callable[[], float]) -> None:
         """Report `entries()` as the number of cached logins at each scrape."""
-        self._watch(self.token_cache_entries, entries)
+        self.watch(self.token_cache_entries, entries)
 
     def count_egress_failure(self, upstream: str, proxy: str, kind: str) -> None:
         self._egress_failures.labels(upstream, proxy, kind).inc()
@@ -373,7 +377,8 @@ class Metrics:
         self._reload_ok.set(1 if ok else 0)
 
     # -- exposition -------------------------------------------------------------------------------
-    def _watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
+    def watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        """Report `read()` as `gauge` at each scrape (with workers: written to the shared files)."""
         if self._sampler is None:
             gauge.set_function(read)  # computed at each scrape
         else:

@@ -192,3 +192,28 @@ def redis_url(value: str) -> str | None:
     if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
         return "must be a redis://, rediss:// or unix:// URL"
     return None
+
+
+_ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MODEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*\*?$|^\*$")
+
+
+def account_name(value: str) -> str | None:
+    """An account's name labels metrics and logs: short, plain and never an e-mail address."""
+    if not _ACCOUNT_NAME.match(value):
+        return "must be 1-40 letters, digits, '_', '-' or '.', starting with a letter or digit"
+    return None
+
+
+def env_name(value: str) -> str | None:
+    if value and not _ENV_NAME.match(value):
+        return "must be an environment variable name (letters, digits and '_')"
+    return None
+
+
+def model_patterns(value: tuple[str, ...]) -> str | None:
+    for index, pattern in enumerate(value):
+        if not _MODEL_PATTERN.match(pattern):
+            return f"entry {index} must be a model slug, optionally ending in '*' (a prefix)"
+    return None

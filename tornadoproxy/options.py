@@ -2,7 +2,10 @@
 
 Generic: `option()` declares a field with its default, help text and value check; `build()` checks a
 mapping against a dataclass's declarations and fails with a `ConfigError` naming the key path;
-`describe()` lists every option for the docs. What the options are is `config`'s concern.
+`describe()` lists every option for the docs. A list of records (`tuple[SomeConfig, ...]`) is built
+record by record; a record class may define `record_problem()` to check its fields together, and a
+check may name a sub-path (`("[2].name", "...")`). `Secret` options hold their value masked.
+What the options are is `config`'s concern.
 """
 
 from __future__ import annotations
@@ -16,12 +19,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import field
 from typing import Any, Literal
 
+from tornadoproxy.redact import Secret
+
 
 class ConfigError(Exception):
     """A configuration problem; the message starts with the key path."""
 
 
-Check = Callable[[Any], "str | None"]
+# What is wrong with a value, or None; a tuple (sub-path, problem) names an element of a list value.
+Problem = str | tuple[str, str] | None
+Check = Callable[[Any], Problem]
 
 
 def option(default: Any, help: str, check: Check | None = None, secret: bool = False) -> Any:
@@ -59,11 +66,21 @@ def build(cls: type, data: Any, path: str) -> Any:
         value = _convert(hints[name], data[name], key_path)
         check = spec.metadata.get("check")
         problem = check(value) if check is not None else None
+        if isinstance(problem, tuple):
+            suffix, message = problem
+            raise ConfigError(f"{key_path}{suffix}: {message}")
         if problem:
-            shown = "" if spec.metadata.get("secret") else f", got {_show(data[name])}"
+            secret = spec.metadata.get("secret") or hints[name] is Secret
+            shown = "" if secret else f", got {_show(data[name])}"
             raise ConfigError(f"{key_path}: {problem}{shown}")
         values[name] = value
-    return cls(**values)
+    built = cls(**values)
+    record_problem = getattr(built, "record_problem", None)
+    found = record_problem() if record_problem is not None else None
+    if found is not None:
+        key, message = found
+        raise ConfigError(f"{_join(path, key) if key else path}: {message}")
+    return built
 
 
 def _convert(hint: Any, value: Any, path: str) -> Any:
@@ -157,6 +174,10 @@ def _convert_scalar(hint: Any, value: Any, path: str) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{path}: must be a string, got {_show(value)}")
+    if hint is Secret:
+        if isinstance(value, str):
+            return Secret(value)
+        raise ConfigError(f"{path}: must be a string")  # the value is never echoed
     raise TypeError(f"unsupported option type {hint!r} at {path}")
 
 
@@ -178,7 +199,8 @@ def _show(value: Any) -> str:
 
 
 def describe(cls: type, path: str = "") -> list[tuple[str, Any, str]]:
-    """Every option as (key path, default, help): the source of the docs and of their tests."""
+    """Every option as (key path, default, help): the source of the docs and of their tests.
+    A list of records is one option here (default: empty); `describe_records` lists its fields."""
     rows: list[tuple[str, Any, str]] = []
     hints = typing.get_type_hints(cls)
     defaults = cls()
@@ -188,4 +210,27 @@ def describe(cls: type, path: str = "") -> list[tuple[str, Any, str]]:
             rows.extend(describe(hints[spec.name], key_path))
         else:
             rows.append((key_path, getattr(defaults, spec.name), spec.metadata["help"]))
+    return rows
+
+
+def record_type(hint: Any) -> type | None:
+    """The record class of a `tuple[Record, ...]` option, or None for any other option."""
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        if isinstance(item, type) and dataclasses.is_dataclass(item):
+            return item
+    return None
+
+
+def describe_records(cls: type, path: str = "") -> list[tuple[str, Any, str]]:
+    """The fields of every list of records as (`list[].field`, default, help), for the docs."""
+    rows: list[tuple[str, Any, str]] = []
+    hints = typing.get_type_hints(cls)
+    for spec in dataclasses.fields(cls):
+        key_path = _join(path, spec.name)
+        hint = hints[spec.name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            rows.extend(describe_records(hint, key_path))
+        elif (record := record_type(hint)) is not None:
+            rows.extend((f"{key_path}[].{field}", d, h) for field, d, h in describe(record))
     return rows

@@ -22,7 +22,8 @@ from tornadoproxy.upstream import UpstreamRoute
 
 log = logging.getLogger(__name__)
 
-# Settings whose components are built once at start-up ("tokens" stands for its whole section).
+# Settings whose components are built once at start-up ("tokens", "accounts" and "pool" stand for
+# their whole sections: an account is invalid until the configuration changes and the gateway restarts).
 RESTART_ONLY = (
     "server.host",
     "server.port",
@@ -38,6 +39,8 @@ RESTART_ONLY = (
     "logins.max_failures_per_address",
     "logins.address_window",
     "logins.failure_memory",
+    "accounts",
+    "pool",
 )
 
 Loader = Callable[[], tuple[Config, dict[str, UpstreamRoute], frozenset[str]]]

@@ -27,19 +27,24 @@ from tornado.web import Application
 from tornadoproxy.app import make_app, make_ops_app
 from tornadoproxy.body_intake import BodyDeadlines
 from tornadoproxy.config import Config, ConfigError
+from tornadoproxy.egress import EgressProxy
 from tornadoproxy.egress_pool import EgressPools
 from tornadoproxy.fetcher import Fetcher
 from tornadoproxy.listener import GatewayHTTPServer
 from tornadoproxy.logins import Logins
 from tornadoproxy.logs import AccessLog, configure_logging
 from tornadoproxy.metrics import Metrics
+from tornadoproxy.pool.account import Account
+from tornadoproxy.pool.metrics import PoolMetrics
+from tornadoproxy.pool.pool import AccountPool
+from tornadoproxy.pool.shared import SharedSlots
 from tornadoproxy.readiness import Readiness
 from tornadoproxy.runtime import Loader, Runtime, access_policy, connection_body_limit
 from tornadoproxy.services import Lifecycle, Services
 from tornadoproxy.sharedmetrics import SAMPLE_INTERVAL, SupervisorMetrics, prepare_process
 from tornadoproxy.tokens import TokenCache
 from tornadoproxy.upstream import UpstreamRoute
-from tornadoproxy.wiring import build_store, load
+from tornadoproxy.wiring import account_profiles, build_store, load
 from tornadoproxy.workers import Loaded, Supervisor
 
 log = logging.getLogger(__name__)
@@ -180,6 +185,7 @@ async def serve(
     readiness = Readiness(config.readiness, config.upstreams.by_name(), fetcher, metrics)
     logins = Logins(config.logins, config.upstreams, fetcher, metrics)
     tokens = TokenCache(config.tokens, config.logins, build_store(config, metrics), metrics)
+    pool = build_pool(config, metrics, pools, logins, tokens)
     lifecycle = Lifecycle(worker=worker)
     access_log = AccessLog()
     access_log.configure(config.logging, secrets, worker)
@@ -195,6 +201,7 @@ async def serve(
         BodyDeadlines(config.server.body_timeout),
         lifecycle,
     )
+    services.pool = pool
     servers = [_listen(make_app(services), sockets, config, metrics)]
     if ops_sockets:
         servers.append(_listen(make_ops_app(services), ops_sockets, config, metrics))
@@ -210,6 +217,8 @@ async def serve(
     if ops_sockets:
         log.info("ops endpoints on %s:%d", config.server.ops_host, config.server.ops_port)
     readiness.start()
+    if pool is not None:
+        pool.start()  # background logins: start-up does not wait for them
     tune_memory_allocator()
     tune_garbage_collector()
     sampler = PeriodicCallback(metrics.sample, SAMPLE_INTERVAL * 1000)
@@ -220,10 +229,34 @@ async def serve(
     sampler.stop()
     readiness.stop()
     await runtime.drain()
+    if pool is not None:
+        await pool.close()
     services.body_deadlines.stop()
     await tokens.close()  # the persistence file gets its last write here
     fetcher.close()
     log.info("stopped")
+
+
+def build_pool(
+    config: Config, metrics: Metrics, egress: EgressPools, logins: Logins, tokens: TokenCache
+) -> AccountPool | None:
+    """The account pool of `config.accounts` (None without accounts), shared through Redis when the
+    token store is."""
+    if not config.accounts:
+        return None
+    profiles = account_profiles(config)
+    accounts = [
+        Account.from_config(
+            spec, index, EgressProxy.parse(spec.proxy) if spec.proxy else None, profiles.get(spec.profile)
+        )
+        for index, spec in enumerate(config.accounts)
+    ]
+    shared = None
+    if config.tokens.store == "redis":
+        shared = SharedSlots(config.tokens.redis_url, config.pool.redis_prefix, config.pool.slot_lease)
+    names = [account.name for account in accounts]
+    pool_metrics = PoolMetrics(metrics.registry, metrics.watch, names, shared is not None)
+    return AccountPool(config.pool, accounts, pool_metrics, egress, logins, tokens, shared)
 
 
 def _listen(

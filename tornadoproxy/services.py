@@ -15,6 +15,7 @@ from tornadoproxy.fetcher import Fetcher
 from tornadoproxy.logins import Logins
 from tornadoproxy.logs import AccessLog
 from tornadoproxy.metrics import Metrics
+from tornadoproxy.pool.pool import AccountPool
 from tornadoproxy.readiness import Readiness
 from tornadoproxy.tokens import TokenCache
 
@@ -42,3 +43,4 @@ class Services:
     access_log: AccessLog
     body_deadlines: BodyDeadlines
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    pool: AccountPool | None = None  # None without accounts

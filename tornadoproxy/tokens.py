@@ -127,8 +127,9 @@ class TokenCache:
         finally:
             del self._flights[attempt]
 
-    async def forget_token(self, authorization: str) -> None:
-        """An upstream answered 401 to this credential: drop the cached login that issued it, if any."""
+    async def forget_token(self, authorization: str, reason: str = "unauthorized") -> None:
+        """An upstream answered 401 to this credential (or the account pool replaces it before it
+        expires: reason "refreshed"): drop the cached login that issued it, if any."""
         token = authorization[7:] if authorization[:7].lower() == "bearer " else authorization
         secret = await self._secret()
         if secret is None or not token:
@@ -140,8 +141,9 @@ class TokenCache:
             return
         if key is not None:
             self._opened.pop(key, None)
-            self._metrics.count_token_eviction("unauthorized")
-            log.info("a cached login was refused upstream (401) and evicted")
+            self._metrics.count_token_eviction(reason)
+            if reason == "unauthorized":
+                log.info("a cached login was refused upstream (401) and evicted")
 
     async def close(self) -> None:
         await self._store.close()

@@ -50,7 +50,9 @@ class CookieJar:
 @dataclass(frozen=True, slots=True)
 class UpstreamRequest:
     """One request to send; `headers` are the client's headers to merge into the profile.
-    `cookies` is the login's jar (None for every relayed request: no cookie engine at all)."""
+    `cookies` is the login's jar (None for every relayed request: no cookie engine at all).
+    `proxy` pins the egress of this one request (an account of the pool leaves through its own
+    proxy, and never fails over to another); `profile` replaces the route's client profile."""
 
     upstream: str
     method: str
@@ -58,3 +60,5 @@ class UpstreamRequest:
     headers: Sequence[tuple[str, str]] = ()
     body: bytes | None = None
     cookies: CookieJar | None = None
+    proxy: EgressProxy | None = None
+    profile: ClientProfile | None = None

@@ -30,6 +30,7 @@ def load(
     config = load_config(config_path, environ)
     routes = build_routes(config)
     check_tokens(config)
+    check_accounts(config)
     return config, routes, config_secrets(config)
 
 
@@ -81,6 +82,39 @@ def check_tokens(config: Config) -> None:
             "tokens.store: file cannot be shared by several worker processes (server.workers > 1); "
             "use redis to share logins between workers, or memory (one cache per worker)"
         )
+
+
+def check_accounts(config: Config) -> None:
+    """The pool's settings fit together and with the rest (each key alone is checked by load_config)."""
+    pool = config.pool
+    if pool.cooldown_cap < pool.cooldown_base:
+        raise ConfigError("pool.cooldown_cap: must not be below pool.cooldown_base")
+    if pool.login_backoff_cap < pool.login_backoff:
+        raise ConfigError("pool.login_backoff_cap: must not be below pool.login_backoff")
+    if not config.accounts:
+        return
+    if config.server.workers > 1 and config.tokens.store != "redis":
+        # Each worker would give every account one answer of its own at a time.
+        raise ConfigError(
+            "accounts: with server.workers > 1 the workers share the account pool through Redis: "
+            "set tokens.store to redis (and tokens.redis_url)"
+        )
+    profiles = set(profile_registry()) | set(config.profiles.custom)
+    for index, account in enumerate(config.accounts):
+        if account.profile and account.profile not in profiles:
+            known = ", ".join(sorted(profiles))
+            raise ConfigError(
+                f"accounts[{index}].profile: unknown profile {account.profile!r} (known: {known})"
+            )
+
+
+def account_profiles(config: Config) -> dict[str, ClientProfile]:
+    """The profiles the accounts name, by name (checked by check_accounts)."""
+    wanted = {account.profile for account in config.accounts if account.profile}
+    if not wanted:
+        return {}
+    profiles = build_profiles(config.profiles.custom)
+    return {name: profiles[name] for name in wanted}
 
 
 def build_store(config: Config, metrics: Metrics) -> TokenStore:
@@ -162,13 +196,18 @@ _PROFILE_FIELDS = (
 
 def config_secrets(config: Config) -> frozenset[str]:
     """Configured secrets the log filter must mask wherever they appear: proxy credentials, the token
-    cache's secret and the Redis password."""
+    cache's secret, the Redis password, and the accounts' e-mail addresses, passwords and tokens."""
     found: set[str] = set()
     for setting in egress_settings(config).values():
         found |= proxy_secrets(parse_proxies(setting))
     found.add(config.tokens.secret)
     redis_password = urlsplit(config.tokens.redis_url).password if config.tokens.redis_url else None
     found.add(unquote(redis_password or ""))
+    for account in config.accounts:
+        # The e-mail address too: the pool names accounts by their name only.
+        found |= {account.username.reveal(), account.password.reveal(), account.access_token.reveal()}
+        if account.proxy:
+            found |= proxy_secrets(parse_proxies(account.proxy))
     return frozenset(s for s in found if s)
 
 

@@ -12,8 +12,11 @@ import os
 import signal
 import socket
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from tests.harness import (
     streaming,
     wait_for,
 )
+from tests.pool_fixtures import PoolProcess, fixed_accounts, jwt, write_config
 from tests.prometheus import PrometheusServer, alert_rules, dashboard_expressions, scrape_config
 from tests.secrets_used import API_KEY, LOGIN_PASSWORD, OTHER_PASSWORD, WRONG_PASSWORD
 from tests.simulator import pages
@@ -64,11 +68,16 @@ def served_by(gw: Gateway) -> set[int]:
 
 
 class Stack:
-    """The gateway (two workers, Redis token store, a dead egress proxy for chatgpt) and Prometheus."""
+    """The gateway (two workers, Redis token store, a dead egress proxy for chatgpt, an account pool
+    with an invalid account and one whose logins are challenged), a pool process whose requests wait
+    (tests/pool_driver.py: the pool's consumer until /imitate serves from it) and Prometheus."""
 
     def __init__(self, work: Path, log_dir: Path, simulator: Simulator) -> None:
         self.redis = RedisServer(log_dir)
         self.ops_port = free_port()
+        carol = f"carol+{uuid.uuid4().hex[:8]}@example.com"
+        simulator.add_account(carol, LOGIN_PASSWORD)
+        simulator.challenge("csrf", times=-1)  # every ChatGPT login (the pool's) meets a challenge
         config = {
             "server": {"workers": 2, "ops_port": self.ops_port, "drain_timeout": 2},
             "fetch": {"max_clients": 1, "queue_timeout": 0},
@@ -76,10 +85,20 @@ class Stack:
             "egress": {"chatgpt": f"socks5h://127.0.0.1:{free_port()}", "cooldown": 3600},
             "tokens": {"store": "redis", "redis_url": self.redis.url, "kdf_cost": 10},
             "logins": {"max_failures_per_username": 1, "max_failures_per_address": 1000},
+            "accounts": [
+                {"name": "bob", "access_token": jwt(ttl=-60)},  # expired: invalid
+                {"name": "carol", "username": carol, "password": LOGIN_PASSWORD},
+            ],
+            "pool": {"login_backoff": 60},
         }
         self.gateway = Gateway(deep_merge(base_config(simulator), config), log_dir)
         self.gateway.wait_ready()
-        targets = [f"127.0.0.1:{self.ops_port}", f"127.0.0.1:{free_port()}"]  # the second one is down
+        driver_config = write_config(simulator, work, {"accounts": fixed_accounts(1)}, "driver.yaml")
+        self.driver = PoolProcess(driver_config, log_dir)
+        self.waits = threading.Thread(target=keep_requests_waiting, args=(self.driver,))
+        self.waits.start()
+        # The second target is down; the third is the pool process.
+        targets = [f"127.0.0.1:{self.ops_port}", f"127.0.0.1:{free_port()}", f"127.0.0.1:{self.driver.port}"]
         self.prometheus = PrometheusServer(work, scrape_config(targets))
         # Prometheus starts scraping a few seconds after it is ready (target updates are throttled);
         # the traffic starts once the series before it are stored, so that rates have a start.
@@ -92,8 +111,24 @@ class Stack:
 
     def stop(self) -> None:
         self.prometheus.stop()
+        self.waits.join(30)
+        self.driver.stop()
         assert self.gateway.stop() == 0
         self.redis.stop()
+
+
+def keep_requests_waiting(driver: PoolProcess) -> None:
+    """Requests that wait 6 s for the pool's one account (the queue-wait series and alert)."""
+    held = driver.acquire()
+    with ThreadPoolExecutor(3) as executor:
+        waiting = [executor.submit(driver.acquire) for _ in range(3)]
+        wait_for(
+            lambda: metric_value(driver.metrics(), "tornadoproxy_pool_queue_length") == 3, what="waiters"
+        )
+        time.sleep(6)  # the scenario itself: requests that waited long, not a wait for something
+        driver.release(held["lease"])
+        for future in as_completed(waiting, timeout=30):  # each one served once the one before is done
+            driver.release(future.result()["lease"])
 
 
 @pytest.fixture
@@ -286,6 +321,13 @@ def test_every_dashboard_and_alert_expression_returns_data(stack: Stack, sim: Si
     wait_for(
         lambda: metric_value(gw.metrics(), "tornadoproxy_token_store_errors_total") >= 1, what="a store error"
     )
+    wait_for(
+        lambda: metric_value(gw.metrics(), "tornadoproxy_pool_shared_state_up") == 0,
+        what="the pool to say it serves on its own slots",
+    )
+    exposition = gw.metrics()
+    assert metric_value(exposition, "tornadoproxy_pool_account_state", account="bob", state="invalid") == 1
+    assert metric_value(exposition, "tornadoproxy_pool_account_login_failures", account="carol") >= 1
 
     # Prometheus has what the gateway says now, and evaluated the rules on it.
     wait_for(
@@ -302,7 +344,8 @@ def test_every_dashboard_and_alert_expression_returns_data(stack: Stack, sim: Si
     )
     targets = prometheus.api("targets")["activeTargets"]
     healthy = [t for t in targets if t["health"] == "up"]
-    assert len(targets) == 2 and len(healthy) == 1 and healthy[0]["lastError"] == ""
+    assert len(targets) == 3 and len(healthy) == 2 and all(t["lastError"] == "" for t in healthy)
+    stack.waits.join(30)  # the pool process's long waits are over and counted
 
     empty = []
     for title, expr in dashboard_expressions():

@@ -415,6 +415,13 @@ class AccountsHandler(ControlHandler):
         self.reply({"ok": True})
 
 
+class TokensHandler(ControlHandler):
+    """The accessTokens the login hosts issued (the secrets tests grep output for them)."""
+
+    def get(self) -> None:
+        self.reply(sorted(auth_data(self.state).access_tokens))
+
+
 class ChallengesHandler(ControlHandler):
     def post(self) -> None:
         spec = json.loads(self.request.body)
@@ -464,4 +471,5 @@ CONTROL_ROUTES: list[tuple[str, Any]] = [
     (r"/__sim__/accounts", AccountsHandler),
     (r"/__sim__/challenges", ChallengesHandler),
     (r"/__sim__/holds", HoldsHandler),
+    (r"/__sim__/tokens", TokensHandler),
 ]

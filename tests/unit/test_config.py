@@ -10,7 +10,7 @@ import yaml
 
 from tests.harness import ROOT, run_until_exit
 from tornadoproxy.config import Config, ConfigError, load_config
-from tornadoproxy.options import describe
+from tornadoproxy.options import describe, describe_records
 
 
 def load(tmp_path: Path, data: object, environ: dict[str, str] | None = None) -> Config:
@@ -102,6 +102,9 @@ def test_shipped_config_lists_every_key_with_its_default() -> None:
     shipped = yaml.safe_load((ROOT / "conf" / "tornadoproxy.yaml").read_text())
     flat = {}
     for section, values in shipped.items():
+        if not isinstance(values, dict):  # a list of records (accounts): empty by default
+            flat[section] = values
+            continue
         for key, value in values.items():
             flat[f"{section}.{key}"] = value
     documented = {path: default for path, default, _ in describe(Config)}
@@ -118,6 +121,13 @@ def test_shipped_config_lists_every_key_with_its_default() -> None:
 def test_every_key_has_a_comment_in_the_shipped_config() -> None:
     lines = (ROOT / "conf" / "tornadoproxy.yaml").read_text().splitlines()
     for path, _, _ in describe(Config):
+        if "." not in path:  # a list of records: its keys are listed in the comment above it
+            index = lines.index(f"{path}: []")
+            for record_path, _, _ in describe_records(Config):
+                key = record_path.split("[].", 1)[1]
+                assert any(line.startswith(f"#   {key}:") for line in lines[:index]), record_path
+            assert lines[index - 1].strip().startswith("#"), f"{path} has no comment above it"
+            continue
         section, key = path.split(".", 1)
         start = lines.index(f"{section}:")
         index = next(i for i in range(start, len(lines)) if lines[i].startswith(f"  {key}:"))

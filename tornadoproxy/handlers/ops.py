@@ -7,6 +7,7 @@ import json
 from tornadoproxy.errors import NotFound
 from tornadoproxy.handlers.base import BaseHandler
 from tornadoproxy.handlers.routing import Route
+from tornadoproxy.pool.report import readiness_report
 
 
 class HealthHandler(BaseHandler):
@@ -24,7 +25,8 @@ class HealthHandler(BaseHandler):
 
 
 class ReadyHandler(BaseHandler):
-    """The last upstream probe results, keyed by upstream name; 503 only while starting or draining."""
+    """The last upstream probe results, keyed by upstream name (and the account pool's state under
+    "pool" when accounts are configured); 503 only while starting or draining."""
 
     def get(self) -> None:
         self.check_request()
@@ -33,7 +35,10 @@ class ReadyHandler(BaseHandler):
         self.set_status(503 if starting or self.services.lifecycle.draining else 200)
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps(readiness.report()))
+        report: dict[str, object] = dict(readiness.report())
+        if self.services.pool is not None:
+            report["pool"] = readiness_report(self.services.pool)
+        self.finish(json.dumps(report))
 
 
 class MetricsHandler(BaseHandler):
