@@ -34,6 +34,7 @@ LAYERS: dict[str, float] = {
     "credentials": 1,
     "body_intake": 1,
     "sealing": 1,
+    "imitate": 1.5,  # pure logic of /imitate: errors, bodies and sse only; nothing that does HTTP
     "pages": 1,
     "limits": 1,
     "sharedmetrics": 1.5,  # prometheus-client's process-wide settings, below metrics
@@ -77,13 +78,16 @@ ONLY_HERE = {
     "pycurl": {"fetcher", "curl_client", "exchange", "upstream", "egress", "profiles", "metrics"},
     "redis": {"tokenstore"},
     "cryptography": {"sealing"},
+    "tiktoken": {"imitate"},
 }
+# What the imitate package may import at all: the standard library, these, and tiktoken.
+IMITATE_MAY_IMPORT = {"tornadoproxy.errors", "tornadoproxy.bodies", "tornadoproxy.sse"}
 
 
 def module_key(path: Path) -> str:
     relative = path.relative_to(PACKAGE)
-    if relative.parts[0] == "handlers":
-        return "handlers"
+    if relative.parts[0] in ("handlers", "imitate"):
+        return relative.parts[0]
     return "tornadoproxy" if relative.name == "__init__.py" else relative.stem
 
 
@@ -110,13 +114,23 @@ def test_imports_flow_down(path: Path) -> None:
             parts = name.split(".")
             target = parts[1] if len(parts) > 1 else "tornadoproxy"
             target_layer = LAYERS[target]
-            same_package = key == "handlers" and target == "handlers"
+            same_package = key in ("handlers", "imitate") and target == key
             allowed = same_package or target == "tornadoproxy" or (key, target) in SAME_LAYER_ALLOWED
             assert target_layer < layer or allowed, f"{key} imports {name}"
         else:
             assert top not in FORBIDDEN_THIRD_PARTY.get(layer, set()), f"{key} imports {top}"
             if top in ONLY_HERE:
                 assert key in ONLY_HERE[top], f"{key} imports {top}"
+
+
+def test_imitate_imports_only_pure_parts() -> None:
+    for path in sorted((PACKAGE / "imitate").glob("*.py")):
+        for name in imports(path):
+            top = name.split(".")[0]
+            if top == "tornadoproxy":
+                assert name.startswith("tornadoproxy.imitate") or name in IMITATE_MAY_IMPORT, (path, name)
+            else:
+                assert top in sys.stdlib_module_names or top in ("tiktoken", "__future__"), (path, name)
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
