@@ -4,7 +4,8 @@ and "The v1 delta framing, precisely"): the simulator plays them, unit tests fee
 `full_message_events` is the 2023 framing: each event carries the whole text so far.
 `v1_events` is the 2024+ framing: documents installed by `c` (hidden system message, user echo,
 assistant), text appended with sticky `p`/`o`, a final patch batch, typed events, `[DONE]`.
-Each function returns the SSE text of each event, in order, so a caller can gate between them.
+Each `*_plan` returns (piece index or None, SSE text) per event, so the simulator can hold a gate
+before the event that carries a given piece; `*_events` return the texts alone.
 """
 
 from __future__ import annotations
@@ -40,45 +41,46 @@ def message(
     }
 
 
-def full_message_events(
+Plan = list[tuple[int | None, str]]
+
+
+def full_message_events(conversation_id: str, answer_id: str, pieces: list[str], **kw: Any) -> list[str]:
+    return [text for _, text in full_message_plan(conversation_id, answer_id, pieces, **kw)]
+
+
+def v1_events(
+    conversation_id: str, answer_id: str, user_message: dict[str, Any], pieces: list[str], **kw: Any
+) -> list[str]:
+    return [text for _, text in v1_plan(conversation_id, answer_id, user_message, pieces, **kw)]
+
+
+_ERROR = "Something went wrong while generating the response."
+
+
+def full_message_plan(
     conversation_id: str,
     answer_id: str,
     pieces: list[str],
     *,
     finish: str = "stop",
     error_at: int | None = None,
-) -> list[str]:
+) -> Plan:
     """A ping, one event per piece with the whole text so far, then `[DONE]`; with `error_at`, the
-    event at that index is an in-stream error and the stream ends there."""
-    events = [sse(time.strftime("%Y-%m-%d %H:%M:%S"), "ping")]
+    event of that piece is an in-stream error and the stream ends there."""
+    plan: Plan = [(None, sse(time.strftime("%Y-%m-%d %H:%M:%S"), "ping"))]
     text = ""
     for index, piece in enumerate(pieces):
         if index == error_at:
-            events.append(
-                sse(
-                    {
-                        "message": None,
-                        "conversation_id": conversation_id,
-                        "error": "Something went wrong, please try again.",
-                    }
-                )
-            )
-            return events
+            error = {"message": None, "conversation_id": conversation_id, "error": _ERROR}
+            return plan + [(index, sse(error))]
         text += piece
         done = index == len(pieces) - 1
-        events.append(
-            sse(
-                {
-                    "message": message(answer_id, "assistant", text, done=done, finish=finish),
-                    "conversation_id": conversation_id,
-                    "error": None,
-                }
-            )
-        )
-    return events + [sse("[DONE]")]
+        msg = message(answer_id, "assistant", text, done=done, finish=finish)
+        plan.append((index, sse({"message": msg, "conversation_id": conversation_id, "error": None})))
+    return plan + [(None, sse("[DONE]"))]
 
 
-def v1_events(
+def v1_plan(
     conversation_id: str,
     answer_id: str,
     user_message: dict[str, Any],
@@ -86,67 +88,52 @@ def v1_events(
     *,
     finish: str = "stop",
     error_at: int | None = None,
-) -> list[str]:
-    """The v1 framing of an answer made of `pieces` (at least one)."""
+) -> Plan:
+    """The v1 framing of an answer made of `pieces` (at least one): the last piece rides in the
+    final patch batch, as the upstream sends it; `error_at` replaces that piece's event by an error."""
 
     def document(msg: dict[str, Any]) -> dict[str, Any]:
         return {"message": msg, "conversation_id": conversation_id, "error": None}
 
-    events = [sse("v1", "delta_encoding")]
-    events.append(
-        sse({"p": "", "o": "add", "v": document(message("sys-" + answer_id, "system", "")), "c": 0}, "delta")
-    )
     echo = dict(user_message, status="finished_successfully")
-    events.append(sse({"v": document(echo), "c": 1}, "delta"))
-    events.append(sse({"type": "input_message", "input_message": echo, "conversation_id": conversation_id}))
-    events.append(
-        sse(
-            {
-                "type": "message_marker",
-                "conversation_id": conversation_id,
-                "message_id": answer_id,
-                "marker": "user_visible_token",
-                "event": "first",
-            }
-        )
-    )
-    events.append(
-        sse({"p": "", "o": "add", "v": document(message(answer_id, "assistant", "")), "c": 2}, "delta")
-    )
-    for index, piece in enumerate(pieces[:-1]):
-        if index == error_at:
-            events.append(sse({"error": "Something went wrong while generating the response."}, "delta"))
-            return events
-        text_op = {"p": "/message/content/parts/0", "o": "append", "v": piece}
-        events.append(sse(text_op if index == 0 else {"v": piece}, "delta"))
-    if error_at is not None and error_at >= len(pieces) - 1:
-        events.append(sse({"error": "Something went wrong while generating the response."}, "delta"))
-        return events
-    final = [
-        {"p": "/message/content/parts/0", "o": "append", "v": pieces[-1]},
-        {"p": "/message/status", "o": "replace", "v": "finished_successfully"},
-        {"p": "/message/end_turn", "o": "replace", "v": finish == "stop"},
-        {
-            "p": "/message/metadata",
-            "o": "append",
-            "v": {"is_complete": True, "finish_details": {"type": finish}},
-        },
+    system = message("sys-" + answer_id, "system", "")
+    marker = {"type": "message_marker", "conversation_id": conversation_id, "message_id": answer_id}
+    plan: Plan = [
+        (None, sse("v1", "delta_encoding")),
+        (None, sse({"p": "", "o": "add", "v": document(system), "c": 0}, "delta")),
+        (None, sse({"v": document(echo), "c": 1}, "delta")),
+        (None, sse({"type": "input_message", "input_message": echo, "conversation_id": conversation_id})),
+        (None, sse(dict(marker, marker="user_visible_token", event="first"))),
+        (
+            None,
+            sse({"p": "", "o": "add", "v": document(message(answer_id, "assistant", "")), "c": 2}, "delta"),
+        ),
     ]
-    events.append(sse({"p": "", "o": "patch", "v": final}, "delta"))
-    events.append(
-        sse(
+    last = len(pieces) - 1
+    for index, piece in enumerate(pieces):
+        if index == error_at:
+            return plan + [(index, sse({"error": _ERROR}, "delta"))]
+        append = {"p": "/message/content/parts/0", "o": "append", "v": piece}
+        if index < last:
+            plan.append((index, sse(append if index == 0 else {"v": piece}, "delta")))
+            continue
+        final = [
+            append,
+            {"p": "/message/status", "o": "replace", "v": "finished_successfully"},
+            {"p": "/message/end_turn", "o": "replace", "v": finish == "stop"},
             {
-                "type": "server_ste_metadata",
-                "metadata": {"tool_invoked": False, "turn_use_case": "text"},
-                "conversation_id": conversation_id,
-            }
-        )
-    )
-    events.append(
-        sse({"type": "title_generation", "title": "A short chat", "conversation_id": conversation_id})
-    )
-    events.append(
-        sse({"type": "conversation_detail_metadata", "banner_info": None, "conversation_id": conversation_id})
-    )
-    events.append(sse({"type": "message_stream_complete", "conversation_id": conversation_id}))
-    return events + [sse("[DONE]")]
+                "p": "/message/metadata",
+                "o": "append",
+                "v": {"is_complete": True, "finish_details": {"type": finish}},
+            },
+        ]
+        plan.append((index, sse({"p": "", "o": "patch", "v": final}, "delta")))
+    metadata = {"tool_invoked": False, "turn_use_case": "text"}
+    for typed in (
+        {"type": "server_ste_metadata", "metadata": metadata},
+        {"type": "title_generation", "title": "A short chat"},
+        {"type": "conversation_detail_metadata", "banner_info": None},
+        {"type": "message_stream_complete"},
+    ):
+        plan.append((None, sse(dict(typed, conversation_id=conversation_id))))
+    return plan + [(None, sse("[DONE]"))]
