@@ -90,7 +90,8 @@ def main() -> None:
         times, rate = solve_times(difficulty, args.samples, rng)
         print(
             f"solve at {difficulty}, one core, {args.samples} seeds: "
-            f"median {statistics.median(times):.3f} s, p95 {percentile(times, 0.95):.3f} s, mean {statistics.mean(times):.3f} s, {rate:,.0f} hashes/s"
+            f"median {statistics.median(times):.3f} s, p95 {percentile(times, 0.95):.3f} s, "
+            f"mean {statistics.mean(times):.3f} s, {rate:,.0f} hashes/s"
         )
     os.sched_setaffinity(0, affinity)
     seeds = [str(rng.random()) for _ in range(4)]
