@@ -166,7 +166,7 @@ def test_missing_reused_expired_foreign_and_weak_sentinel_headers_are_unusual_ac
     conversation.close()
     answer = post_conversation(sim, alice, good)
     reasons.append("reused chat-requirements token")
-    assert refused(answer).code == "upstream_blocked" and refused(answer).kind == "unusual_activity"
+    assert refused(answer).code == "upstream_blocked" and refused(answer).kind == "blocked"
     needs = requirements(sim, alice)
     assert post_conversation(sim, bob, conversation_headers(needs, proof_for(needs), DEVICE)).status == 403
     reasons.append("chat-requirements token of another account")
@@ -226,7 +226,7 @@ def test_one_answer_at_a_time_per_account(sim: Simulator) -> None:
     needs = requirements(sim, alice)
     busy = post_conversation(sim, alice, conversation_headers(needs, proof_for(needs), DEVICE))
     error = refused(busy)
-    assert (busy.status, error.code, error.kind) == (429, "rate_limit_exceeded", "busy")
+    assert (busy.status, error.code, error.kind) == (429, "rate_limit_exceeded", "rate_limited")
     other = converse(sim, token_for("bob"))  # another account is free
     assert other.response.status == 200 and other.read_text().startswith("You said")
     sim.release("held")
@@ -243,7 +243,7 @@ def test_message_caps_say_when_they_clear(sim: Simulator) -> None:
     needs = requirements(sim, token_for("alice"))
     capped = post_conversation(sim, token_for("alice"), conversation_headers(needs, proof_for(needs), DEVICE))
     error = refused(capped)
-    assert (capped.status, error.kind, error.retry_after) == (429, "capped", 42)
+    assert (capped.status, error.kind, error.retry_after) == (429, "rate_limited", 42)
     assert json.loads(capped.body)["detail"]["clears_in"] == 42
 
 

@@ -3,7 +3,8 @@
 401 (token refused or expired), the sentinel's 403 "Unusual activity", 429 "Only one message at a
 time" and message caps (with `clears_in`, which becomes Retry-After). HTML pages (Cloudflare
 challenges and blocks) are not read here: the upstream diagnosis recognises those. `kind` is the
-bounded label a pool can act on (cool down for `retry_after`, log in again, try another account).
+bounded label a pool can act on: `blocked` (cool down, count against the proxy), `rate_limited` (cool
+down for `retry_after` when given), `unauthorized` (log in again, or mark the account invalid).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def refusal(status: int, body: bytes, *, own_token: bool) -> UpstreamError | Non
         return UpstreamError(
             "the ChatGPT upstream refused the conversation: unusual activity detected from this "
             "device (a sentinel token or proof of work it did not accept, or an account it distrusts)",
-            kind="unusual_activity",
+            kind="blocked",
             status=403,
             code="upstream_blocked",
         )
@@ -72,12 +73,12 @@ def _rate_limited(text: str, detail: str | dict[str, object]) -> UpstreamError:
     if isinstance(clears_in, (int, float)) and not isinstance(clears_in, bool) and clears_in >= 0:
         retry_after = max(1, math.ceil(clears_in))
     if _ONE_AT_A_TIME in text.lower():
-        kind, what = "busy", "this account is already answering another message"
+        what = "this account is already answering another message"
     elif isinstance(detail, dict) and detail.get("code") == "model_cap_exceeded":
-        kind, what = "capped", "this account reached its message cap"
+        what = "this account reached its message cap"
     else:
-        kind, what = "rate_limited", "the ChatGPT upstream is rate limiting this account"
+        what = "the ChatGPT upstream is rate limiting this account"
     when = f"; it clears in {retry_after} s" if retry_after is not None else ""
     return UpstreamError(
-        f"{what}{when}", kind=kind, status=429, code="rate_limit_exceeded", retry_after=retry_after
+        f"{what}{when}", kind="rate_limited", status=429, code="rate_limit_exceeded", retry_after=retry_after
     )

@@ -68,10 +68,6 @@ class ChatRequest:
     stream: bool
     include_usage: bool
 
-    def prompt_text(self) -> str:
-        """Every text part, one per line: what the prompt token count is taken of."""
-        return "\n".join(part for message in self.messages for part in message.parts)
-
 
 def read_chat_request(raw: bytes) -> ChatRequest:
     """Parse and validate the body of `POST /imitate/v1/chat/completions` (strict JSON)."""
