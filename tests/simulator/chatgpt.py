@@ -1,4 +1,4 @@
-"""The ChatGPT web backend (`/backend-api/...`) as in shared/spec/upstream-chatgpt.md: conversation
+"""The ChatGPT web backend (`/backend-api/...`) as in docs/upstream-chatgpt.md: conversation
 lists, reading, renaming and hiding, titles, feedback, models, accounts/check; the conversation
 stream lives in conversation.py, the sentinel in sentinel.py, tokens and account state in webbase.py.
 A conversation created with `history_and_training_disabled` is never listed.

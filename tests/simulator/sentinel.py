@@ -1,5 +1,5 @@
-"""The sentinel (upstream spec, "Sentinel"): chat-requirements issues one-time tokens with a proof of
-work, and `POST /conversation` checks the headers that spend them.
+"""The sentinel (docs/upstream-chatgpt.md, "Sentinel"): chat-requirements issues one-time tokens with
+a proof of work, and `POST /conversation` checks the headers that spend them.
 
 Enforcement is a switch, `enforce`: "when_sent" (the default) checks sentinel headers a request
 carries and lets a request without any through, so relayed clients that send none (every relay

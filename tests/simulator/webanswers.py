@@ -1,5 +1,5 @@
-"""Web answer streams as the ChatGPT backend sends them, in both framings (upstream spec, "Streaming"
-and "The v1 delta framing, precisely"): the simulator plays them, unit tests feed them to readers.
+"""Web answer streams as the ChatGPT backend sends them, in both framings (docs/upstream-chatgpt.md,
+"Streaming" and "The v1 delta framing"): the simulator plays them, unit tests feed them to readers.
 
 `full_message_events` is the 2023 framing: each event carries the whole text so far.
 `v1_events` is the 2024+ framing: documents installed by `c` (hidden system message, user echo,

@@ -32,7 +32,7 @@ class Answer:
 
 @dataclass
 class Limits:
-    """The upstream's limits of one account (upstream spec, "Limits of one account")."""
+    """The upstream's limits of one account (docs/upstream-chatgpt.md, "Limits of one account")."""
 
     one_at_a_time: bool = True
     cap: int | None = None  # answers per account before 429 model_cap_exceeded

@@ -1,4 +1,4 @@
-"""ChatGPT web accounts answering as the OpenAI API: the pure logic of `/imitate/v1/...`.
+"""ChatGPT web accounts answering as the OpenAI API: the pure logic of `/imitate/v1/...` (docs/imitate.md).
 
 OpenAI request -> web conversation body (request, conversation, models), the sentinel and its proof
 of work (sentinel, proofofwork, browser), reading the web answer stream in both framings (reader,
