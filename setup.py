@@ -28,7 +28,9 @@ setup(
         "prometheus-client>=0.20",
         "cryptography>=42",  # AES-GCM sealing of cached tokens (sealing.py)
         "redis>=5.0",  # the shared token store (tokenstore.py), asyncio API
+        "tiktoken>=0.7",  # OpenAI's tokenizer for /imitate usage counts (encoding data ships with us)
     ],
+    package_data={"tornadoproxy.imitate": ["data/*.gz", "data/NOTICE"]},
     extras_require={
         "test": [
             "pytest>=8",

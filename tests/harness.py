@@ -198,6 +198,28 @@ class Simulator:
         """Make a login step wait until `gate` is released."""
         self._control("POST", "/__sim__/holds", {"step": step, "gate": gate})
 
+    def sentinel(self, **settings: Any) -> dict[str, Any]:
+        """Change the web backend's sentinel (enforce "when_sent"/"always"/"never", proof_required,
+        difficulty, seed, turnstile, arkose, token_ttl, refuse "unauthorized"/"challenge"/"block"/
+        "rate_limited" with refuse_times); with no settings, read its state (issued, refusals)."""
+        if settings:
+            return dict(self._control("POST", "/__sim__/chatgpt/sentinel", settings))
+        return dict(self._control("GET", "/__sim__/chatgpt/sentinel"))
+
+    def script_answer(self, pieces: list[str], **options: Any) -> None:
+        """Queue the web answer of the next conversation (finish, framing, error_at, gates
+        {piece: gate}, cut_at, times)."""
+        self._control("POST", "/__sim__/chatgpt/answers", {"pieces": pieces, **options})
+
+    def web_limits(self, **limits: Any) -> dict[str, Any]:
+        """Change (one_at_a_time, cap, clears_in) or read the accounts' limits and answer counts."""
+        if limits:
+            return dict(self._control("POST", "/__sim__/chatgpt/limits", limits))
+        return dict(self._control("GET", "/__sim__/chatgpt/limits"))
+
+    def web_conversations(self) -> list[dict[str, Any]]:
+        return list(self._control("GET", "/__sim__/chatgpt/conversations"))
+
     def journal(self, family: str | None = None, path: str | None = None) -> list[dict[str, Any]]:
         query = urllib.parse.urlencode({k: v for k, v in (("family", family), ("path", path)) if v})
         return list(self._control("GET", "/__sim__/journal" + ("?" + query if query else "")))

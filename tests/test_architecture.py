@@ -37,6 +37,7 @@ LAYERS: dict[str, float] = {
     "credentials": 1,
     "body_intake": 1,
     "sealing": 1,
+    "imitate": 1.5,  # pure logic of /imitate: errors, bodies and sse only; nothing that does HTTP
     "pages": 1,
     "limits": 1,
     "sharedmetrics": 1.5,  # prometheus-client's process-wide settings, below metrics
@@ -86,10 +87,13 @@ ONLY_HERE = {
     "curl_cffi": {"impersonation", "fingerprint_options", "profiles"},
     "redis": {"tokenstore", "pool"},
     "cryptography": {"sealing"},
+    "tiktoken": {"imitate"},
 }
+# What the imitate package may import at all: the standard library, these, and tiktoken.
+IMITATE_MAY_IMPORT = {"tornadoproxy.errors", "tornadoproxy.bodies", "tornadoproxy.sse"}
 
 
-PACKAGES = ("handlers", "pool")
+PACKAGES = ("handlers", "pool", "imitate")
 
 
 def module_key(path: Path) -> str:
@@ -129,6 +133,16 @@ def test_imports_flow_down(path: Path) -> None:
             assert top not in FORBIDDEN_THIRD_PARTY.get(layer, set()), f"{key} imports {top}"
             if top in ONLY_HERE:
                 assert key in ONLY_HERE[top], f"{key} imports {top}"
+
+
+def test_imitate_imports_only_pure_parts() -> None:
+    for path in sorted((PACKAGE / "imitate").glob("*.py")):
+        for name in imports(path):
+            top = name.split(".")[0]
+            if top == "tornadoproxy":
+                assert name.startswith("tornadoproxy.imitate") or name in IMITATE_MAY_IMPORT, (path, name)
+            else:
+                assert top in sys.stdlib_module_names or top in ("tiktoken", "__future__"), (path, name)
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))

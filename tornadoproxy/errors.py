@@ -15,6 +15,8 @@ class GatewayError(Exception):
     status: int = 500
     code: str = "internal_error"
     type: str = "gateway_error"
+    # The request field at fault (OpenAI's `param`, e.g. "messages[0].role"), or None.
+    param: str | None = None
 
     def __init__(
         self,
@@ -23,6 +25,7 @@ class GatewayError(Exception):
         status: int | None = None,
         code: str | None = None,
         retry_after: int | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -31,10 +34,12 @@ class GatewayError(Exception):
         if code is not None:
             self.code = code
         self.retry_after = retry_after
+        if param is not None:
+            self.param = param
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "error": {"message": self.message, "type": self.type, "code": self.code, "param": None},
+            "error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param},
             # errorMessage keeps clients of the original Go gateway working.
             "errorMessage": self.message,
         }

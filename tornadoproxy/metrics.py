@@ -39,6 +39,14 @@ UPSTREAM_ERROR_KINDS = (
     "challenge",
     "blocked",
     "protocol",
+    # the web answers of /imitate: sentinel, proof of work, account limits, the answer stream
+    "verification_required",
+    "proof_of_work",
+    "rate_limited",
+    "unauthorized",
+    "in_stream_error",
+    "empty_answer",
+    "cut",
 )
 UPSTREAM_STATES = ("pending", "reachable", "challenged", "blocked", "unreachable", "disabled")
 LOGIN_FAMILIES = ("chatgpt", "platform")
@@ -103,6 +111,14 @@ GATEWAY_ERROR_CODES = (
     "accounts_busy",
     "accounts_unavailable",
     "accounts_forbidden",
+    # /imitate (OpenAI's own codes where OpenAI clients act on them)
+    "invalid_api_key",
+    "model_not_found",
+    "rate_limit_exceeded",
+    "upstream_verification_required",
+    "upstream_unauthorized",
+    "upstream_proof_of_work_failed",
+    "upstream_error",
     "internal_error",
     "other",
 )

@@ -17,7 +17,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
-from tests.simulator import auth, chatgpt, control, platform
+from tests.simulator import auth, chatgpt, control, platform, webcontrol
 from tests.simulator.base import SimHandler
 from tests.simulator.state import State
 
@@ -47,7 +47,7 @@ def family_app(state: State, family: str) -> Application:
 
 
 def control_app(state: State) -> Application:
-    routes = control.ROUTES + auth.CONTROL_ROUTES
+    routes = control.ROUTES + auth.CONTROL_ROUTES + webcontrol.ROUTES
     return Application([(pattern, handler, {"state": state}) for pattern, handler in routes])
 
 

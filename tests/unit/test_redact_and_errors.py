@@ -6,7 +6,7 @@ import json
 import logging
 
 from tests.secrets_used import API_KEY, OPAQUE_TOKEN, PROXY_PASSWORD, SESSION_KEY
-from tornadoproxy.errors import GatewayBusy, MissingAuthorization, upstream_timeout
+from tornadoproxy.errors import BadRequest, GatewayBusy, MissingAuthorization, upstream_timeout
 from tornadoproxy.redact import RedactingFilter, Secret, scrub
 
 
@@ -84,3 +84,9 @@ def test_other_loggers_keep_quoted_text() -> None:
     record = logging.LogRecord("tornadoproxy.x", logging.INFO, __file__, 1, "the 'plain' step", None, None)
     RedactingFilter().filter(record)
     assert record.getMessage() == "the 'plain' step"
+
+
+def test_error_names_the_field_at_fault() -> None:
+    error = BadRequest("messages[0].role must be a string", param="messages[0].role")
+    assert json.loads(error.to_json())["error"]["param"] == "messages[0].role"
+    assert BadRequest("other").param is None  # the class default is not shared state
