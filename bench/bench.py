@@ -385,8 +385,13 @@ def hold_cap(nofile: int) -> int:
 
 def gateway_config_keys(python: str) -> set[str]:
     """Every key the gateway's config accepts (from its own declarations)."""
-    code = (
-        "from tornadoproxy.config import Config\nfrom tornadoproxy.options import describe\n"
+    code = (  # the package layout of issue 13 first, then the flat one (a gateway of an older commit)
+        "try:\n"
+        " from tornadoproxy.config.schema import Config\n"
+        " from tornadoproxy.config.options import describe\n"
+        "except ImportError:\n"
+        " from tornadoproxy.config import Config\n"
+        " from tornadoproxy.options import describe\n"
         "for key, _, _ in describe(Config): print(key)"
     )
     done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)

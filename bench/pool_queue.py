@@ -36,15 +36,15 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from bench.procs import free_port
-from tornadoproxy.egress_pool import EgressPools
-from tornadoproxy.fetcher import Fetcher
-from tornadoproxy.logins import Logins
-from tornadoproxy.metrics import Metrics
+from tornadoproxy.auth.logins import Logins
+from tornadoproxy.auth.tokens import TokenCache
+from tornadoproxy.observability.metrics import Metrics
+from tornadoproxy.observability.sharedmetrics import prepare_process
 from tornadoproxy.pool.pool import AccountPool
-from tornadoproxy.server import build_pool
-from tornadoproxy.sharedmetrics import prepare_process
-from tornadoproxy.tokens import TokenCache
-from tornadoproxy.wiring import build_store, load
+from tornadoproxy.process.server import build_pool
+from tornadoproxy.process.wiring import build_store, load
+from tornadoproxy.upstream.egress_pool import EgressPools
+from tornadoproxy.upstream.fetcher import Fetcher
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjQxMDI0NDQ4MDB9.YmVuY2g"  # exp: year 2100
 

@@ -22,12 +22,12 @@ ROUNDS = 200_000
 def measure(mode: str, kind: str) -> float:
     from prometheus_client import CollectorRegistry
 
-    from tornadoproxy.sharedmetrics import prepare_process
+    from tornadoproxy.observability.sharedmetrics import prepare_process
 
     shared = tempfile.mkdtemp(prefix="metrics-cost-") if mode == "multiprocess" else None
     try:
         prepare_process(shared)
-        from tornadoproxy.metrics import Metrics
+        from tornadoproxy.observability.metrics import Metrics
 
         metrics = Metrics(CollectorRegistry(), ("platform",), shared)
 

@@ -1,4 +1,4 @@
-"""Print conf/tornadoproxy.yaml from the option declarations in tornadoproxy/config.py (the one source)."""
+"""Print conf/tornadoproxy.yaml from the option declarations in tornadoproxy/config/ (the one source)."""
 
 import dataclasses
 import textwrap
@@ -6,8 +6,8 @@ import typing
 
 import yaml
 
-from tornadoproxy.config import Config
-from tornadoproxy.options import describe, record_type
+from tornadoproxy.config.options import describe, record_type
+from tornadoproxy.config.schema import Config
 from tornadoproxy.redact import Secret
 
 

@@ -30,14 +30,14 @@ from tests.proxies import (
     start_tinyproxy,
 )
 from tests.secrets_used import PROXY_PASSWORD
-from tornadoproxy.config import load_config
-from tornadoproxy.egress import EgressProxy
-from tornadoproxy.egress_pool import EgressPools
+from tornadoproxy.config.schema import load_config
 from tornadoproxy.errors import UpstreamError
-from tornadoproxy.fetcher import Fetcher
-from tornadoproxy.metrics import Metrics
-from tornadoproxy.upstream import UpstreamRequest
-from tornadoproxy.wiring import build_routes
+from tornadoproxy.observability.metrics import Metrics
+from tornadoproxy.process.wiring import build_routes
+from tornadoproxy.upstream.egress import EgressProxy
+from tornadoproxy.upstream.egress_pool import EgressPools
+from tornadoproxy.upstream.fetcher import Fetcher
+from tornadoproxy.upstream.request import UpstreamRequest
 
 SOCKS_USER = "us@r:1"
 SQUID_USER = "tp-us@r"

@@ -17,19 +17,19 @@ import sys
 from prometheus_client import CollectorRegistry
 from tornado.web import Application, RequestHandler
 
-from tornadoproxy.egress_pool import EgressPools
+from tornadoproxy.auth.logins import Logins
+from tornadoproxy.auth.tokens import TokenCache
 from tornadoproxy.errors import GatewayError
-from tornadoproxy.fetcher import Fetcher
-from tornadoproxy.logins import Logins
-from tornadoproxy.metrics import Metrics
+from tornadoproxy.observability.metrics import Metrics
+from tornadoproxy.observability.sharedmetrics import prepare_process
 from tornadoproxy.pool.lease import Lease
 from tornadoproxy.pool.outcome import Outcome
 from tornadoproxy.pool.pool import AccountPool
 from tornadoproxy.pool.report import pool_report
-from tornadoproxy.server import build_pool
-from tornadoproxy.sharedmetrics import prepare_process
-from tornadoproxy.tokens import TokenCache
-from tornadoproxy.wiring import build_store, load
+from tornadoproxy.process.server import build_pool
+from tornadoproxy.process.wiring import build_store, load
+from tornadoproxy.upstream.egress_pool import EgressPools
+from tornadoproxy.upstream.fetcher import Fetcher
 
 
 class Driven(RequestHandler):

@@ -22,15 +22,15 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.conftest import base_config
 from tests.harness import ROOT, Simulator, deep_merge, free_port, request, stop_process
-from tornadoproxy.config import Config
-from tornadoproxy.egress_pool import EgressPools
-from tornadoproxy.fetcher import Fetcher
-from tornadoproxy.logins import Logins
-from tornadoproxy.metrics import Metrics
+from tornadoproxy.auth.logins import Logins
+from tornadoproxy.auth.tokens import TokenCache
+from tornadoproxy.config.schema import Config
+from tornadoproxy.observability.metrics import Metrics
 from tornadoproxy.pool.pool import AccountPool
-from tornadoproxy.server import build_pool
-from tornadoproxy.tokens import TokenCache
-from tornadoproxy.wiring import build_store, load
+from tornadoproxy.process.server import build_pool
+from tornadoproxy.process.wiring import build_store, load
+from tornadoproxy.upstream.egress_pool import EgressPools
+from tornadoproxy.upstream.fetcher import Fetcher
 
 
 def jwt(ttl: float = 3600 * 24 * 365, **claims: Any) -> str:

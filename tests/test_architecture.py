@@ -1,4 +1,4 @@
-"""Structural guards: the import layers of STYLE.md, handler ancestry, and the README in step with code."""
+"""Structural guards: the package rules of docs/style.md, handler ancestry, the README in step with code."""
 
 from __future__ import annotations
 
@@ -14,98 +14,89 @@ from tests.harness import ROOT
 
 PACKAGE = ROOT / "tornadoproxy"
 
-# module -> layer; a module may import only from lower layers (and third-party code as listed).
-LAYERS: dict[str, float] = {
-    "tornadoproxy": 0,
-    "errors": 0,
-    "redact": 0,
-    "options": 0.5,  # declaring and building options, generic
-    "option_checks": 0.6,  # value checks of options
-    "account_options": 0.8,  # the account pool's options, part of the configuration
-    "config": 1,
-    "sse": 1,
-    "profiles": 1,
-    "shipped_profiles": 1.2,  # the shipped profiles, data made of profiles
-    "fingerprint_options": 1.2,  # a browser profile as curl-impersonate options
-    "egress": 1,
-    "forwarding": 1,
-    "framing": 1,
-    "diagnosis": 1,
-    "access": 1,
-    "bodies": 1,
-    "cors": 1,
-    "credentials": 1,
-    "body_intake": 1,
-    "sealing": 1,
-    "imitate": 1.5,  # pure logic of /imitate: errors, bodies and sse only; nothing that does HTTP
-    "pages": 1,
-    "limits": 1,
-    "sharedmetrics": 1.5,  # prometheus-client's process-wide settings, below metrics
-    "metrics": 2,
-    "upstream": 2,
-    "transport": 2.1,  # the engine contract: Transfer, Sink, Transport
-    "curl_client": 2.2,  # the pycurl engine
-    "impersonation": 2.2,  # the curl_cffi engine
-    "engines": 2.3,  # which engine runs a profile; one transport per profile
-    "gate": 2.5,
-    "exchange": 2.5,
-    "curl_errors": 2,
-    "egress_pool": 2,
-    "fetcher": 2.7,  # builds exchanges, fails over between egress proxies
-    "logs": 2,
-    "tokenstore": 2,
-    "readiness": 3,
-    "logins": 3,
-    "tokens": 3,
-    "pool": 3.2,  # the account pool (a package): logins, token cache, egress, Redis
-    "services": 3.5,  # gathers the layer-3 components for the handlers
-    "accounts_page": 3.8,  # the HTML status page of the pool, rendered for a handler
-    "handlers": 4,
-    "app": 5,
-    "wiring": 5,
-    "listener": 5,
-    "runtime": 5,
-    "workers": 5.5,  # the supervisor of worker processes, started by server
-    "server": 6,
-    "__main__": 7,
+# The rule of each package (and top-level module): the parts of tornadoproxy it may import, besides
+# its own modules and the package root (`__version__`). Read bottom-up, this is the layering of
+# docs/style.md ("Layout"); the test below also checks that it has no cycle.
+MAY_IMPORT: dict[str, set[str]] = {
+    "errors": set(),  # the error catalogue and classes: imported by every layer
+    "redact": set(),  # what a secret is and how text is masked: config, logs and egress use it
+    "formats": {"errors"},  # SSE and strict JSON, pure: below relay, imitate and web
+    "config": {"errors", "redact"},
+    "observability": {"config", "redact"},
+    "upstream": {"errors", "redact", "config", "observability"},
+    "relay": {"errors", "redact", "formats", "config", "observability", "upstream"},
+    "auth": {"errors", "redact", "formats", "config", "observability", "upstream", "relay"},
+    "pool": {"errors", "redact", "config", "observability", "upstream", "auth"},
+    # Pure logic of /imitate: nothing that does HTTP, so it can be tested (and reshaped) alone.
+    "imitate": {"errors", "formats"},
+    "web": {
+        "errors",
+        "redact",
+        "formats",
+        "config",
+        "observability",
+        "upstream",
+        "relay",
+        "auth",
+        "pool",
+        "imitate",
+    },
+    "process": {
+        "errors",
+        "redact",
+        "formats",
+        "config",
+        "observability",
+        "upstream",
+        "relay",
+        "auth",
+        "pool",
+        "web",
+    },
+    "__main__": {"process", "web"},
 }
-# STYLE.md: the fetcher (and the token store) may take Metrics in their constructors; the fetcher's
-# egress pools and error table are split out of it (one concern each) and used by it alone.
-SAME_LAYER_ALLOWED = {
-    ("fetcher", "metrics"),
-    ("fetcher", "egress_pool"),
-    ("fetcher", "curl_errors"),
-    ("egress_pool", "metrics"),
-    ("tokenstore", "metrics"),
-}
-FORBIDDEN_THIRD_PARTY: dict[float, set[str]] = {
-    4: {"pycurl", "curl_cffi", "yaml", "cachetools"},
-}
-ONLY_HERE = {
+# Third-party libraries that only these packages may import; a library missing here is refused
+# everywhere (declare it first). The standard library may be imported anywhere.
+ONLY_IN: dict[str, set[str]] = {
+    "pycurl": {"upstream"},
+    "curl_cffi": {"upstream"},
     "yaml": {"config"},
-    "pycurl": {"fetcher", "curl_client", "upstream", "egress", "profiles", "metrics"},
-    "curl_cffi": {"impersonation", "fingerprint_options", "profiles"},
-    "redis": {"tokenstore", "pool"},
-    "cryptography": {"sealing"},
+    "cachetools": {"auth"},
+    "cryptography": {"auth"},
+    "redis": {"auth", "pool"},
     "tiktoken": {"imitate"},
+    "prometheus_client": {"observability", "pool", "process"},
+    # The event loop and the HTTP server; never in formats, config, relay, auth, pool or imitate.
+    "tornado": {"observability", "upstream", "web", "process"},
 }
-# What the imitate package may import at all: the standard library, these, and tiktoken.
-IMITATE_MAY_IMPORT = {"tornadoproxy.errors", "tornadoproxy.bodies", "tornadoproxy.sse"}
 
 
-PACKAGES = ("handlers", "pool", "imitate")
-
-
-def module_key(path: Path) -> str:
+def package_of(path: Path) -> str:
+    """The package (or top-level module) a source file belongs to."""
     relative = path.relative_to(PACKAGE)
-    if relative.parts[0] in PACKAGES:
+    if len(relative.parts) > 1:
         return relative.parts[0]
     return "tornadoproxy" if relative.name == "__init__.py" else relative.stem
 
 
-def imports(path: Path) -> list[str]:
+def module_name(path: Path) -> str:
+    relative = path.relative_to(ROOT).with_suffix("")
+    return ".".join(relative.parts).removesuffix(".__init__")
+
+
+def imports(path: Path, at_run_time: bool = False) -> list[str]:
+    """Every module `path` imports; with `at_run_time`, not those under `if TYPE_CHECKING:`."""
+    tree = ast.parse(path.read_text())
+    if at_run_time:
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.If)
+                and isinstance(node.test, ast.Name)
+                and node.test.id == "TYPE_CHECKING"
+            ):
+                node.body = []
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
@@ -116,39 +107,53 @@ def imports(path: Path) -> list[str]:
 SOURCES = sorted(PACKAGE.rglob("*.py"))
 
 
+def test_every_package_has_a_rule_and_the_rules_have_no_cycle() -> None:
+    packages = {package_of(path) for path in SOURCES} - {"tornadoproxy"}
+    assert packages == set(MAY_IMPORT), packages ^ set(MAY_IMPORT)
+    placed: list[str] = []
+    while len(placed) < len(MAY_IMPORT):
+        ready = [p for p, below in MAY_IMPORT.items() if p not in placed and below <= set(placed)]
+        assert ready, f"the rules form a cycle among {set(MAY_IMPORT) - set(placed)}"
+        placed += sorted(ready)
+
+
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_imports_flow_down(path: Path) -> None:
-    key = module_key(path)
-    layer = LAYERS[key]
+def test_imports_follow_the_package_rules(path: Path) -> None:
+    package = package_of(path)
+    allowed = MAY_IMPORT.get(package, set())
     for name in imports(path):
-        top = name.split(".")[0]
-        if top == "tornadoproxy":
-            parts = name.split(".")
+        parts = name.split(".")
+        if parts[0] == "tornadoproxy":
             target = parts[1] if len(parts) > 1 else "tornadoproxy"
-            target_layer = LAYERS[target]
-            same_package = key in PACKAGES and target == key
-            allowed = same_package or target == "tornadoproxy" or (key, target) in SAME_LAYER_ALLOWED
-            assert target_layer < layer or allowed, f"{key} imports {name}"
-        else:
-            assert top not in FORBIDDEN_THIRD_PARTY.get(layer, set()), f"{key} imports {top}"
-            if top in ONLY_HERE:
-                assert key in ONLY_HERE[top], f"{key} imports {top}"
+            assert target in (package, "tornadoproxy") or target in allowed, f"{package} imports {name}"
+        elif parts[0] not in sys.stdlib_module_names and parts[0] != "__future__":
+            assert parts[0] in ONLY_IN, f"{path.name} imports {parts[0]}, which no rule allows"
+            assert package in ONLY_IN[parts[0]], f"{package} imports {parts[0]}"
 
 
-def test_imitate_imports_only_pure_parts() -> None:
-    for path in sorted((PACKAGE / "imitate").glob("*.py")):
-        for name in imports(path):
-            top = name.split(".")[0]
-            if top == "tornadoproxy":
-                assert name.startswith("tornadoproxy.imitate") or name in IMITATE_MAY_IMPORT, (path, name)
-            else:
-                assert top in sys.stdlib_module_names or top in ("tiktoken", "__future__"), (path, name)
+def test_modules_do_not_import_each_other_in_a_cycle() -> None:
+    """Within a package too (type-only imports aside): a module below never needs one above."""
+    graph: dict[str, set[str]] = {module_name(path): set() for path in SOURCES}
+    for path in SOURCES:
+        for name in imports(path, at_run_time=True):
+            if name in graph and name != module_name(path):
+                graph[module_name(path)].add(name)
+    done: set[str] = set()
+
+    def visit(node: str, trail: tuple[str, ...]) -> None:
+        assert node not in trail, " -> ".join(trail[trail.index(node) :] + (node,))
+        if node not in done:
+            for target in graph[node]:
+                visit(target, trail + (node,))
+            done.add(node)
+
+    for node in graph:
+        visit(node, ())
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_each_module_imports_alone_and_has_a_docstring(path: Path) -> None:
-    relative = path.relative_to(ROOT).with_suffix("")
-    name = ".".join(relative.parts).removesuffix(".__init__")
+    name = module_name(path)
     if name.endswith("__main__"):
         return
     result = subprocess.run(
@@ -159,17 +164,17 @@ def test_each_module_imports_alone_and_has_a_docstring(path: Path) -> None:
 
 
 def test_every_handler_subclasses_base_handler_directly() -> None:
-    from tornadoproxy.app import all_routes
-    from tornadoproxy.handlers.base import BaseHandler
+    from tornadoproxy.web.app import all_routes
+    from tornadoproxy.web.handlers.base import BaseHandler
 
     for route in all_routes():
         assert route.handler.__mro__[1] is BaseHandler, route.handler
 
 
 def test_readme_lists_every_route_and_config_key() -> None:
-    from tornadoproxy.app import all_routes
-    from tornadoproxy.config import Config
-    from tornadoproxy.options import describe, describe_records
+    from tornadoproxy.config.options import describe, describe_records
+    from tornadoproxy.config.schema import Config
+    from tornadoproxy.web.app import all_routes
 
     readme = (ROOT / "README.md").read_text()
     for route in all_routes():
@@ -181,9 +186,9 @@ def test_readme_lists_every_route_and_config_key() -> None:
 def test_readme_lists_every_metric() -> None:
     from prometheus_client import CollectorRegistry
 
-    from tornadoproxy.metrics import Metrics
+    from tornadoproxy.observability.metrics import Metrics
+    from tornadoproxy.observability.sharedmetrics import SupervisorMetrics
     from tornadoproxy.pool.metrics import PoolMetrics
-    from tornadoproxy.sharedmetrics import SupervisorMetrics
 
     readme = (ROOT / "README.md").read_text()
     registry = CollectorRegistry()

@@ -28,7 +28,7 @@ def census() -> dict[str, int]:
     from tornado.httputil import HTTPServerRequest
     from tornado.web import RequestHandler
 
-    from tornadoproxy.exchange import Exchange
+    from tornadoproxy.upstream.exchange import Exchange
 
     counts = {"handlers": 0, "exchanges": 0, "requests": 0, "large_bytes": 0, "large_bytes_total": 0}
     seen: set[int] = set()

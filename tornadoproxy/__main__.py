@@ -11,8 +11,8 @@ import os
 import sys
 
 from tornadoproxy import __version__
-from tornadoproxy.access import key_digest
-from tornadoproxy.server import main as serve_main
+from tornadoproxy.process.server import main as serve_main
+from tornadoproxy.web.access import key_digest
 
 
 def main(argv: list[str] | None = None) -> int:

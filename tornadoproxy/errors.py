@@ -1,4 +1,4 @@
-"""The gateway's own errors and their one JSON shape (shared/spec/gateway.md, "Responses").
+"""The gateway's own errors and their one JSON shape (docs/gateway.md, "Responses").
 
 Every error the gateway produces is a `GatewayError` rendered by `to_json()`; upstream HTTP errors are
 data and never pass through here. Messages must never contain anything a client sent as a credential.
@@ -121,7 +121,7 @@ def egress_proxy_error(message: str, kind: str, detail: str = "") -> UpstreamErr
 
 
 class LoginError(GatewayError):
-    """A login the gateway could not complete (shared/spec/gateway.md): `login_failed` (401),
+    """A login the gateway could not complete (docs/gateway.md): `login_failed` (401),
     `login_mfa_unsupported` (400), `login_account_blocked` (403), `login_rate_limited` (429 with
     Retry-After) or `login_upstream_error` (502: an upstream step answered something unexpected).
     `outcome` is the bounded metrics label. Messages name the step, never what the client sent."""

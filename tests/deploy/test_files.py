@@ -24,8 +24,8 @@ import yaml
 
 from tests.harness import ROOT, Gateway, stop_process
 from tornadoproxy import __version__
-from tornadoproxy.config import load_config
-from tornadoproxy.workers import DRAIN_GRACE
+from tornadoproxy.config.schema import load_config
+from tornadoproxy.process.workers import DRAIN_GRACE
 
 DEPLOY = ROOT / "deploy"
 UNIT = DEPLOY / "systemd" / "tornadoproxy.service"

@@ -25,7 +25,7 @@ from tests.deploy.podman import BASE_NAMES, Podman
 from tests.harness import ROOT, Simulator, request, wait_for
 from tests.secrets_used import ACCESS_TOKEN, API_KEY
 from tornadoproxy import __version__
-from tornadoproxy.config import load_config
+from tornadoproxy.config.schema import load_config
 
 # The first test of a fresh machine makes the stand-in base and builds the image (about a minute here).
 pytestmark = pytest.mark.timeout(600)

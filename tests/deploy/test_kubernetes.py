@@ -22,8 +22,8 @@ import yaml
 
 from tests.harness import ROOT
 from tornadoproxy import __version__
-from tornadoproxy.config import load_config
-from tornadoproxy.workers import DRAIN_GRACE
+from tornadoproxy.config.schema import load_config
+from tornadoproxy.process.workers import DRAIN_GRACE
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 VERSIONS = ("1.29.0", "1.37.0")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from tests.harness import ROOT, Gateway, Simulator, free_port, metric_value, request, wait_for
 from tests.secrets_used import API_KEY, CLIENT_KEY
-from tornadoproxy.access import key_digest
+from tornadoproxy.web.access import key_digest
 
 UPSTREAM = {"Authorization": f"Bearer {API_KEY}"}
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.harness import Gateway, Simulator, metric_value, request, streaming, wait_for
 from tests.secrets_used import ACCESS_TOKEN, EXPIRED_TOKEN
-from tornadoproxy.sse import SSEParser
+from tornadoproxy.formats.sse import SSEParser
 
 AUTH = {"Authorization": f"Bearer {ACCESS_TOKEN}"}
 JSON = {**AUTH, "Content-Type": "application/json"}

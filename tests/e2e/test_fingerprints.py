@@ -15,7 +15,7 @@ from tests.egress_fixtures import fetch_through
 from tests.fingerprints import ja3_string
 from tests.harness import Simulator
 from tests.tls_endpoint import TlsEndpoint, Visit, make_ca
-from tornadoproxy.shipped_profiles import CHROME_VERSION, FIREFOX_VERSION, builtin_profiles
+from tornadoproxy.upstream.shipped_profiles import CHROME_VERSION, FIREFOX_VERSION, builtin_profiles
 
 
 @dataclass(frozen=True)

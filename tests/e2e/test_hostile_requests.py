@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from tests.harness import Gateway, Simulator, raw_exchange, read_all, request, wait_for
 from tests.secrets_used import API_KEY, CLIENT_KEY, INVALID_API_KEY, OPAQUE_TOKEN
-from tornadoproxy.access import key_digest
+from tornadoproxy.web.access import key_digest
 
 MODELS = "GET /platform/v1/models HTTP/1.1\r\nHost: gw\r\n"
 EMBEDDINGS = "/platform/v1/embeddings"

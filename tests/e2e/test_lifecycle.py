@@ -21,7 +21,7 @@ from tests.harness import (
     wait_for,
 )
 from tests.secrets_used import API_KEY, CLIENT_KEY
-from tornadoproxy.access import key_digest
+from tornadoproxy.web.access import key_digest
 
 AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
 SSE = [["Content-Type", "text/event-stream"]]

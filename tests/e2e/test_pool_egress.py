@@ -22,7 +22,7 @@ from tests.secrets_used import LOGIN_PASSWORD
 from tornadoproxy.errors import UpstreamError
 from tornadoproxy.pool.lease import Lease
 from tornadoproxy.pool.outcome import Outcome
-from tornadoproxy.upstream import UpstreamRequest
+from tornadoproxy.upstream.request import UpstreamRequest
 
 
 def body_of(entry: dict[str, Any]) -> str:

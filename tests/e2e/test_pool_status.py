@@ -17,7 +17,7 @@ import pytest
 from tests.harness import Gateway, Simulator, free_port, request, wait_for
 from tests.pool_fixtures import jwt
 from tests.secrets_used import ACCESS_TOKEN, CLIENT_KEY, LOGIN_PASSWORD, PROXY_PASSWORD
-from tornadoproxy.access import key_digest
+from tornadoproxy.web.access import key_digest
 
 CHROMIUM_FLAGS = [
     "--headless",

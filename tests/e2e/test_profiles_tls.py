@@ -16,8 +16,8 @@ from tests.fingerprints import GREASE
 from tests.harness import Gateway, Simulator, request
 from tests.secrets_used import API_KEY
 from tests.tls_endpoint import ClientHello, TlsEndpoint, Visit, make_ca
-from tornadoproxy.profiles import ClientProfile
-from tornadoproxy.shipped_profiles import builtin_profiles
+from tornadoproxy.upstream.profiles import ClientProfile
+from tornadoproxy.upstream.shipped_profiles import builtin_profiles
 
 GROUPS = {
     "X25519MLKEM768": 0x11EC,
@@ -165,7 +165,7 @@ def extensions(visit: Visit) -> set[int]:
 
 
 def custom_profile() -> ClientProfile:
-    from tornadoproxy.profiles import derive_profile
+    from tornadoproxy.upstream.profiles import derive_profile
 
     changes = {key: value for key, value in CUSTOM.items() if key != "base"}
     changes["http_version"] = "1.1"

@@ -79,7 +79,7 @@ def test_workers_share_the_port_and_their_metrics_add_up(
     assert all(
         {"route", "method", "status", "duration_ms", "client", "stream"} <= set(line) for line in access
     )
-    parent = [line for line in lines if line["logger"] == "tornadoproxy.workers"]
+    parent = [line for line in lines if line["logger"] == "tornadoproxy.process.workers"]
     assert parent and all("worker" not in line for line in parent)
     (directory,) = shared_dirs(gw)
     assert directory.parent == tmp_path and oct(directory.stat().st_mode & 0o777) == "0o700"
@@ -251,7 +251,9 @@ def test_workers_run_without_capabilities_on_a_read_only_system(
         pytest.skip("needs root, setpriv and unshare to confine the gateway")
     if Path(sys.executable).absolute().is_relative_to("/tmp"):
         pytest.skip("the interpreter lives under /tmp, which the confinement replaces with a tmpfs")
-    same = f"import sys, tornadoproxy.server; sys.exit(sys.version_info[:3] != {sys.version_info[:3]})"
+    same = (
+        f"import sys, tornadoproxy.process.server; sys.exit(sys.version_info[:3] != {sys.version_info[:3]})"
+    )
     probe = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", same],
         cwd=ROOT,

@@ -1,1 +1,1 @@
-"""A loopback simulator of the upstreams in shared/spec (Platform API, ChatGPT backend, logins)."""
+"""A loopback simulator of the upstreams in docs/ (Platform API, ChatGPT backend, logins)."""

@@ -1,7 +1,7 @@
 """What the simulated login hosts remember: accounts set by the tests, Auth0 transactions, codes,
 sessions and issued tokens; plus the strict form parser, the HTML pages and the JWTs they serve.
 
-Everything here follows shared/spec/upstream-auth.md; `AuthData` lives in `State.family_data["auth"]`
+Everything here follows docs/logins.md; `AuthData` lives in `State.family_data["auth"]`
 and is cleared by /__sim__/reset (the listeners' URLs stay).
 """
 

@@ -1,4 +1,4 @@
-"""The two login flows of shared/spec/upstream-auth.md: the ChatGPT host's /api/auth routes, the Auth0
+"""The two login flows of docs/logins.md: the ChatGPT host's /api/auth routes, the Auth0
 tenant and the platform web app, with accounts, states and cookies checked between steps.
 
 Every endpoint is a named step (`STEPS` below); /__sim__/challenges turns any step into a Cloudflare

@@ -1,6 +1,6 @@
 """The HTML pages upstreams answer with when Cloudflare or a region rule stands in the way.
 
-Shapes follow shared/spec/upstream-chatgpt.md ("Errors"); each helper returns a scripted answer for
+Shapes follow docs/upstream-chatgpt.md ("Errors"); each helper returns a scripted answer for
 `Simulator.script()`.
 """
 

@@ -1,4 +1,4 @@
-"""The OpenAI Platform API as in shared/spec/upstream-platform.md: endpoints, streams, error shapes.
+"""The OpenAI Platform API as in docs/upstream-platform.md: endpoints, streams, error shapes.
 
 API keys: any `sk-...` is valid except `sk-invalid...` (401 invalid_api_key); `sess-...` keys work
 everywhere and are required on /dashboard. Every answer carries the headers the gateway must relay.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tornadoproxy.body_intake import BodyBuffer
+from tornadoproxy.web.body_intake import BodyBuffer
 
 
 def test_a_body_in_one_piece_is_kept_as_given() -> None:

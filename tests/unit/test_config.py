@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from tests.harness import ROOT, run_until_exit
-from tornadoproxy.config import Config, ConfigError, load_config
-from tornadoproxy.options import describe, describe_records
+from tornadoproxy.config.options import describe, describe_records
+from tornadoproxy.config.schema import Config, ConfigError, load_config
 
 
 def load(tmp_path: Path, data: object, environ: dict[str, str] | None = None) -> Config:
@@ -187,7 +187,7 @@ def test_bad_egress_profile_and_fetch_values_name_the_key(tmp_path: Path, data: 
 
 def test_egress_lists_overrides_and_credentials(tmp_path: Path) -> None:
     from tests.secrets_used import PROXY_PASSWORD
-    from tornadoproxy.wiring import build_routes, config_secrets
+    from tornadoproxy.process.wiring import build_routes, config_secrets
 
     secret_url = f"socks5h://us%40r:{quote(PROXY_PASSWORD, safe='')}@127.0.0.1:1080"
     config = load(
@@ -215,7 +215,7 @@ def test_egress_lists_overrides_and_credentials(tmp_path: Path) -> None:
 
 
 def test_custom_profiles_are_derived_and_checked_by_libcurl(tmp_path: Path) -> None:
-    from tornadoproxy.wiring import build_routes
+    from tornadoproxy.process.wiring import build_routes
 
     custom = {
         "mine": {

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tornadoproxy.credentials import client_address, upstream_authorization
 from tornadoproxy.errors import BadRequest, MissingAuthorization
+from tornadoproxy.web.credentials import client_address, upstream_authorization
 
 
 @pytest.mark.parametrize(

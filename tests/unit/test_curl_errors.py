@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tornadoproxy.curl_errors import CurlFailure, classify_failure
-from tornadoproxy.egress import DIRECT, EgressProxy
+from tornadoproxy.upstream.curl_errors import CurlFailure, classify_failure
+from tornadoproxy.upstream.egress import DIRECT, EgressProxy
 
 
 def classify(failure: CurlFailure, proxy: str = "socks5h://u:p@127.0.0.1:1080", headers: bool = False):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.harness import metric_value
-from tornadoproxy.egress import DIRECT, parse_proxies
-from tornadoproxy.egress_pool import EgressPools
-from tornadoproxy.metrics import Metrics
+from tornadoproxy.observability.metrics import Metrics
+from tornadoproxy.upstream.egress import DIRECT, parse_proxies
+from tornadoproxy.upstream.egress_pool import EgressPools
 
 
 class Clock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tornadoproxy.errors import BadRequest
-from tornadoproxy.forwarding import (
+from tornadoproxy.relay.forwarding import (
     check_raw_path,
     forwarded_request_headers,
     is_event_stream,

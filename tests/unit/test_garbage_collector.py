@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from tornadoproxy.server import GC_THRESHOLDS, tune_garbage_collector
+from tornadoproxy.process.server import GC_THRESHOLDS, tune_garbage_collector
 
 
 def test_start_up_objects_frozen_and_old_generation_examined_rarely() -> None:

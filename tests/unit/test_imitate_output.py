@@ -8,10 +8,10 @@ import json
 import pytest
 
 from tornadoproxy.errors import UpstreamError
+from tornadoproxy.formats.sse import SSEParser
 from tornadoproxy.imitate.output import ChunkStream, Usage, completion, model_list, stream_error
 from tornadoproxy.imitate.refusals import refusal
 from tornadoproxy.imitate.sentinel import conversation_headers, read_requirements, requirements_body
-from tornadoproxy.sse import SSEParser
 
 
 def events(data: bytes) -> list[str]:

@@ -15,8 +15,8 @@ from tests.secrets_used import ACCESS_TOKEN, API_KEY, LOGIN_PASSWORD, PROXY_PASS
 SCRIPT = textwrap.dedent(
     f"""
     import gc, logging, threading, warnings
-    from tornadoproxy.config import LoggingConfig
-    from tornadoproxy.logs import configure_logging
+    from tornadoproxy.config.schema import LoggingConfig
+    from tornadoproxy.observability.logs import configure_logging
 
     configure_logging(LoggingConfig(format="json"), frozenset({{{PROXY_PASSWORD!r}}}), worker=3)
     logging.getLogger("tornado.application").error("Uncaught exception with Bearer {ACCESS_TOKEN}")

@@ -10,15 +10,15 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
 
 from tests.harness import ROOT, metric_value
-from tornadoproxy.metrics import (
+from tornadoproxy.observability.metrics import (
     EGRESS_FAILURE_KINDS,
     GATEWAY_ERROR_CODES,
     UPSTREAM_ERROR_KINDS,
     Metrics,
     status_class,
 )
-from tornadoproxy.sharedmetrics import Sampler
-from tornadoproxy.workers import RestartBudget
+from tornadoproxy.observability.sharedmetrics import Sampler
+from tornadoproxy.process.workers import RestartBudget
 
 PACKAGE = ROOT / "tornadoproxy"
 
@@ -46,16 +46,16 @@ def test_every_error_code_in_the_package_has_its_own_series() -> None:
 
 
 def _tornado_codes() -> list[str]:
-    from tornadoproxy.handlers.base import _TORNADO_CODES
+    from tornadoproxy.web.handlers.base import _TORNADO_CODES
 
     return list(_TORNADO_CODES.values())
 
 
 def test_every_upstream_error_kind_in_the_package_has_its_own_series() -> None:
-    from tornadoproxy.curl_errors import _DIRECT_FAILURES
+    from tornadoproxy.upstream.curl_errors import _DIRECT_FAILURES
 
     kinds = literal_keywords("kind") | {kind for kind, _ in _DIRECT_FAILURES.values()}
-    for node in ast.walk(ast.parse((PACKAGE / "curl_errors.py").read_text())):
+    for node in ast.walk(ast.parse((PACKAGE / "upstream" / "curl_errors.py").read_text())):
         # `return "proxy_dns", "what happened"` in the proxy failure tables
         if isinstance(node, ast.Return) and isinstance(node.value, ast.Tuple):
             first = node.value.elts[0]

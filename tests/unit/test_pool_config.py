@@ -12,9 +12,9 @@ import yaml
 
 from tests.harness import run_until_exit
 from tests.secrets_used import ACCESS_TOKEN, LOGIN_PASSWORD, PROXY_PASSWORD
-from tornadoproxy.config import ConfigError, load_config
+from tornadoproxy.config.schema import ConfigError, load_config
+from tornadoproxy.process.wiring import load
 from tornadoproxy.redact import Secret
-from tornadoproxy.wiring import load
 
 ALICE = {"name": "alice", "username": "alice@example.com", "password": LOGIN_PASSWORD}
 BOB = {"name": "bob", "access_token": ACCESS_TOKEN}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tornadoproxy.accounts_page import relative, render_accounts_page
-from tornadoproxy.handlers.accounts import prefers_html
 from tornadoproxy.pool.pacing import backoff, cooldown_seconds, refresh_at, retry_after
+from tornadoproxy.web.accounts_page import relative, render_accounts_page
+from tornadoproxy.web.handlers.accounts import prefers_html
 
 
 def test_backoff_doubles_up_to_its_cap() -> None:

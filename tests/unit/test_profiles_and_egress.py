@@ -8,10 +8,10 @@ import pycurl
 import pytest
 
 from tests.secrets_used import PROXY_PASSWORD
-from tornadoproxy.egress import DIRECT, EgressProxy, masked_url
-from tornadoproxy.fingerprint_options import impersonation_problem, profile_options
-from tornadoproxy.profiles import ClientProfile, profile_problem, supported_encodings
-from tornadoproxy.shipped_profiles import builtin_profiles, chrome_brands
+from tornadoproxy.upstream.egress import DIRECT, EgressProxy, masked_url
+from tornadoproxy.upstream.fingerprint_options import impersonation_problem, profile_options
+from tornadoproxy.upstream.profiles import ClientProfile, profile_problem, supported_encodings
+from tornadoproxy.upstream.shipped_profiles import builtin_profiles, chrome_brands
 
 
 def test_profile_merges_request_headers_into_its_order() -> None:

@@ -11,11 +11,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tornadoproxy.config import Config, ConfigError, load_config
+from tornadoproxy.config.options import describe
+from tornadoproxy.config.schema import Config, ConfigError, load_config
 from tornadoproxy.errors import BadRequest
-from tornadoproxy.forwarding import check_raw_path
-from tornadoproxy.options import describe
-from tornadoproxy.sse import EventSplitter, EventTooLarge, SSEParser
+from tornadoproxy.formats.sse import EventSplitter, EventTooLarge, SSEParser
+from tornadoproxy.relay.forwarding import check_raw_path
 
 SSE_ALPHABET = st.sampled_from(
     [

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tornadoproxy.sse import Event, EventSplitter, EventTooLarge, SSEParser, encode_comment, encode_event
+from tornadoproxy.formats.sse import (
+    Event,
+    EventSplitter,
+    EventTooLarge,
+    SSEParser,
+    encode_comment,
+    encode_event,
+)
 
 STREAMS = [
     "data: a\n\ndata: b\n\n",

@@ -11,15 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tornadoproxy.config import Config as GatewayConfig
-from tornadoproxy.diagnosis import page_kind
-from tornadoproxy.errors import BadRequest, LoginError
-from tornadoproxy.handlers.logins import parse_login_body
-from tornadoproxy.limits import AttemptLimiter, LoginLimits
-from tornadoproxy.logins import _Page, iso_time, jwt_expiry, login_page_kind, token_expiry
-from tornadoproxy.options import ConfigError, build
-from tornadoproxy.pages import element_text, hidden_inputs, upstream_text
-from tornadoproxy.sealing import (
+from tornadoproxy.auth.limits import AttemptLimiter, LoginLimits
+from tornadoproxy.auth.logins import _Page, iso_time, jwt_expiry, login_page_kind, token_expiry
+from tornadoproxy.auth.pages import element_text, hidden_inputs, upstream_text
+from tornadoproxy.auth.sealing import (
     SealedRecord,
     derive_key,
     fingerprint,
@@ -29,9 +24,14 @@ from tornadoproxy.sealing import (
     unseal,
     user_key,
 )
-from tornadoproxy.tokens import cache_deadline
-from tornadoproxy.tokenstore import secret_from_config, write_atomically
-from tornadoproxy.wiring import check_tokens, config_secrets
+from tornadoproxy.auth.tokens import cache_deadline
+from tornadoproxy.auth.tokenstore import secret_from_config, write_atomically
+from tornadoproxy.config.options import ConfigError, build
+from tornadoproxy.config.schema import Config as GatewayConfig
+from tornadoproxy.errors import BadRequest, LoginError
+from tornadoproxy.process.wiring import check_tokens, config_secrets
+from tornadoproxy.upstream.diagnosis import page_kind
+from tornadoproxy.web.handlers.logins import parse_login_body
 
 SECRET = b"s" * 32
 

@@ -1,6 +1,6 @@
 """Limits on failed logins: per username and per client address, over sliding windows.
 
-Only attempts that would reach the upstream are counted (shared/spec/gateway.md); the token cache
+Only attempts that would reach the upstream are counted (docs/gateway.md); the token cache
 never consults a limiter for a cache hit or for a request that joins a login in flight. An attempt in
 flight counts as a failure until it ends, so a burst of concurrent guesses cannot slip past the limit
 before the first one fails. Pure bookkeeping on the event loop thread; memory is bounded per key.

@@ -1,4 +1,4 @@
-"""The two login flows of shared/spec/upstream-auth.md, step by step through the fetcher.
+"""The two login flows of docs/logins.md, step by step through the fetcher.
 
 Each login has a fresh cookie jar (libcurl's engine, `fetcher.CookieJar`) and follows redirects itself:
 a Location is resolved against the URL that answered and followed only to a configured upstream host.
@@ -20,16 +20,16 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
-from tornadoproxy.config import LoginsConfig, UpstreamsConfig
-from tornadoproxy.diagnosis import page_kind
-from tornadoproxy.egress import EgressProxy
+from tornadoproxy.auth.pages import element_text, hidden_inputs, upstream_text
+from tornadoproxy.config.schema import LoginsConfig, UpstreamsConfig
 from tornadoproxy.errors import LoginError, UpstreamError
-from tornadoproxy.exchange import Exchange
-from tornadoproxy.fetcher import Fetcher
-from tornadoproxy.metrics import Metrics
-from tornadoproxy.pages import element_text, hidden_inputs, upstream_text
-from tornadoproxy.profiles import ClientProfile
-from tornadoproxy.upstream import CookieJar, UpstreamRequest
+from tornadoproxy.observability.metrics import Metrics
+from tornadoproxy.upstream.diagnosis import page_kind
+from tornadoproxy.upstream.egress import EgressProxy
+from tornadoproxy.upstream.exchange import Exchange
+from tornadoproxy.upstream.fetcher import Fetcher
+from tornadoproxy.upstream.profiles import ClientProfile
+from tornadoproxy.upstream.request import CookieJar, UpstreamRequest
 
 FAMILIES = ("chatgpt", "platform")
 _FLOW_NAMES = {"chatgpt": "ChatGPT login", "platform": "Platform login"}
@@ -457,7 +457,7 @@ def _origin(url: str) -> str:
 def login_page_kind(page: _Page) -> str | None:
     """ "challenge" or "blocked" when a login step answered with such a page, else None. Login pages
     are HTML by nature, so only Cloudflare's own pages count; at the first step (csrf), where the
-    upstream answers JSON, an HTML 403 means the egress IP is blocked (shared/spec/upstream-auth.md)."""
+    upstream answers JSON, an HTML 403 means the egress IP is blocked (docs/logins.md)."""
     html = "html" in (page.header("Content-Type") or "").lower()
     kind = page_kind(page.headers, page.body) if html else page_kind(page.headers, b"")
     if kind == "region":

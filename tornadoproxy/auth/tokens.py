@@ -23,11 +23,8 @@ from typing import Protocol
 
 from cachetools import TLRUCache, TTLCache
 
-from tornadoproxy.config import LoginsConfig, TokensConfig
-from tornadoproxy.errors import GatewayError, LoginError, UpstreamError
-from tornadoproxy.limits import LoginLimits
-from tornadoproxy.metrics import Metrics
-from tornadoproxy.sealing import (
+from tornadoproxy.auth.limits import LoginLimits
+from tornadoproxy.auth.sealing import (
     SALT_BYTES,
     SealedRecord,
     derive_key,
@@ -37,7 +34,10 @@ from tornadoproxy.sealing import (
     unseal,
     user_key,
 )
-from tornadoproxy.tokenstore import StoreUnavailable, TokenStore
+from tornadoproxy.auth.tokenstore import StoreUnavailable, TokenStore
+from tornadoproxy.config.schema import LoginsConfig, TokensConfig
+from tornadoproxy.errors import GatewayError, LoginError, UpstreamError
+from tornadoproxy.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ import redis.asyncio as aioredis
 from cachetools import TLRUCache
 from redis.exceptions import RedisError
 
-from tornadoproxy.metrics import Metrics
-from tornadoproxy.sealing import SealedRecord
+from tornadoproxy.auth.sealing import SealedRecord
+from tornadoproxy.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tornadoproxy.option_checks import (
+from tornadoproxy.config.checks import (
     account_name,
     between,
     env_name,
@@ -22,7 +22,7 @@ from tornadoproxy.option_checks import (
     proxy_url_problem,
     readable_file,
 )
-from tornadoproxy.options import ConfigError, Problem, option
+from tornadoproxy.config.options import ConfigError, Problem, option
 from tornadoproxy.redact import Secret
 
 _PASSWORD_KEYS = ("password", "password_env", "password_file")

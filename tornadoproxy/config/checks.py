@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from tornadoproxy.options import Check
+from tornadoproxy.config.options import Check
 
 PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 

@@ -1,4 +1,4 @@
-"""Configuration: YAML validated once at start-up into frozen dataclasses (shared/spec/gateway.md).
+"""Configuration: YAML validated once at start-up into frozen dataclasses (docs/gateway.md).
 
 Every option is declared once below, with its type, default, help text and value check (declared
 with `options.option`, checked by `option_checks`); `load_config` checks the file against these
@@ -16,13 +16,13 @@ from typing import Any, Literal
 
 import yaml
 
-from tornadoproxy.account_options import (
+from tornadoproxy.config.accounts import (
     AccountConfig,
     PoolConfig,
     distinct_account_names,
     resolve_account_secrets,
 )
-from tornadoproxy.option_checks import (
+from tornadoproxy.config.checks import (
     between,
     existing_directory,
     header_lines,
@@ -39,7 +39,7 @@ from tornadoproxy.option_checks import (
     readable_file,
     redis_url,
 )
-from tornadoproxy.options import ConfigError, build, option, section
+from tornadoproxy.config.options import ConfigError, build, option, section
 
 MIB = 1024 * 1024
 

@@ -83,7 +83,7 @@ def dump_json(value: Any) -> str:
 
 def fill_author_roles(raw: bytes) -> bytes:
     """The conversation body with every `messages[].author.role` present (missing ones become
-    "user", shared/spec/upstream-chatgpt.md); `raw` itself when nothing was missing."""
+    "user", docs/upstream-chatgpt.md); `raw` itself when nothing was missing."""
     body = parse_json(raw)
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")

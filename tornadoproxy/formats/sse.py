@@ -1,6 +1,6 @@
 """Server-Sent Events, incrementally: event boundaries for the relay, full parsing for inspection.
 
-The relay never re-encodes upstream events (framing is kept byte for byte, shared/spec/gateway.md):
+The relay never re-encodes upstream events (framing is kept byte for byte, docs/gateway.md):
 `EventSplitter` only finds where complete events end, so that whole events are written at once and
 keep-alives or a final error event are never inserted inside one. `SSEParser` follows the WHATWG
 parsing rules (LF, CRLF or CR line ends, comments, multi-line data) for code that must read events.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tornadoproxy.errors import GatewayError
-from tornadoproxy.sse import encode_event
+from tornadoproxy.formats.sse import encode_event
 
 DONE = encode_event("[DONE]")
 # The `owned_by` of listed models: they are served by ChatGPT accounts behind this gateway.

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tornadoproxy.errors import UpstreamError
+from tornadoproxy.formats.sse import Event, SSEParser
 from tornadoproxy.imitate.delta import DeltaDocuments
-from tornadoproxy.sse import Event, SSEParser
 
 _TEXT_CONTENT = ("text", "multimodal_text")
 _DELTA_KEYS = frozenset(("p", "o", "v", "c"))

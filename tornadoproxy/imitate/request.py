@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tornadoproxy.bodies import parse_json
 from tornadoproxy.errors import BadRequest
+from tornadoproxy.formats.bodies import parse_json
 
 # OpenAI fields the web backend has no use for: accepted, never forwarded (the README lists them).
 IGNORED_FIELDS = (

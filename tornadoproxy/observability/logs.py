@@ -19,7 +19,7 @@ import time
 from types import TracebackType
 from typing import Any, TextIO
 
-from tornadoproxy.config import LoggingConfig
+from tornadoproxy.config.schema import LoggingConfig
 from tornadoproxy.redact import RedactingFilter, scrub
 
 _uncaught = logging.getLogger("tornadoproxy.uncaught")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import platform
 from collections.abc import Callable
 
-import pycurl
 import tornado
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
@@ -21,7 +20,7 @@ from prometheus_client.metrics_core import InfoMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
 from tornadoproxy import __version__
-from tornadoproxy.sharedmetrics import Sampler, StaticCollector, shared_registry
+from tornadoproxy.observability.sharedmetrics import Sampler, StaticCollector, shared_registry
 
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 STREAM_END_REASONS = ("done", "client_gone", "upstream_error", "idle_timeout", "shutdown")
@@ -138,10 +137,14 @@ class Metrics:
     SAMPLE_INTERVAL seconds to write the figures a single process computes at scrape time."""
 
     def __init__(
-        self, registry: CollectorRegistry, upstreams: tuple[str, ...], shared_dir: str | None = None
+        self,
+        registry: CollectorRegistry,
+        upstreams: tuple[str, ...],
+        shared_dir: str | None = None,
+        libcurl: str = "",
     ) -> None:
         self.registry = registry
-        build = StaticCollector([_build_info()])
+        build = StaticCollector([_build_info(libcurl)])
         if shared_dir is None:
             self._exposed = registry
             self._sampler: Sampler | None = None
@@ -411,7 +414,7 @@ class Metrics:
         return encoder(self._exposed), content_type
 
 
-def _build_info() -> InfoMetricFamily:
+def _build_info(libcurl: str) -> InfoMetricFamily:
     return InfoMetricFamily(
         "tornadoproxy_build",
         "Versions of the gateway and its stack.",
@@ -419,6 +422,6 @@ def _build_info() -> InfoMetricFamily:
             "version": __version__,
             "python": platform.python_version(),
             "tornado": tornado.version,
-            "libcurl": pycurl.version_info()[1],
+            "libcurl": libcurl,
         },
     )

@@ -14,11 +14,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tornadoproxy.account_options import AccountConfig
-from tornadoproxy.egress import EgressProxy
+from tornadoproxy.config.accounts import AccountConfig
 from tornadoproxy.pool.outcome import OUTCOMES
-from tornadoproxy.profiles import ClientProfile
 from tornadoproxy.redact import Secret
+from tornadoproxy.upstream.egress import EgressProxy
+from tornadoproxy.upstream.profiles import ClientProfile
 
 AccountState = Literal["ready", "busy", "cooling", "logging_in", "invalid"]
 STATES: tuple[AccountState, ...] = ("ready", "busy", "cooling", "logging_in", "invalid")

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from tornadoproxy.egress import EgressProxy
-from tornadoproxy.egress_pool import EgressPools
+from tornadoproxy.auth.tokenstore import StoreUnavailable
 from tornadoproxy.pool.account import Account
 from tornadoproxy.pool.shared import SharedSlots
-from tornadoproxy.tokenstore import StoreUnavailable
+from tornadoproxy.upstream.egress import EgressProxy
+from tornadoproxy.upstream.egress_pool import EgressPools
 
 log = logging.getLogger(__name__)
 

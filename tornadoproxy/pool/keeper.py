@@ -18,15 +18,15 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 
-from tornadoproxy.account_options import PoolConfig
+from tornadoproxy.auth.logins import Logins, jwt_expiry, token_expiry
+from tornadoproxy.auth.tokens import TokenCache
+from tornadoproxy.config.accounts import PoolConfig
 from tornadoproxy.errors import GatewayError, LoginError, UpstreamError
-from tornadoproxy.logins import Logins, jwt_expiry, token_expiry
 from tornadoproxy.pool.account import Account
 from tornadoproxy.pool.binding import EgressBinder
 from tornadoproxy.pool.metrics import PoolMetrics
 from tornadoproxy.pool.pacing import backoff, refresh_at
 from tornadoproxy.redact import Secret
-from tornadoproxy.tokens import TokenCache
 
 log = logging.getLogger(__name__)
 

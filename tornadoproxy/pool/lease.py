@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tornadoproxy.egress import EgressProxy
 from tornadoproxy.pool.outcome import Outcome
-from tornadoproxy.profiles import ClientProfile
 from tornadoproxy.redact import Secret
+from tornadoproxy.upstream.egress import EgressProxy
+from tornadoproxy.upstream.profiles import ClientProfile
 
 
 @dataclass(eq=False, slots=True)

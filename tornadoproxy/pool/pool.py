@@ -18,10 +18,11 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from tornadoproxy.account_options import PoolConfig
-from tornadoproxy.egress_pool import EgressPools
+from tornadoproxy.auth.logins import Logins
+from tornadoproxy.auth.tokens import TokenCache
+from tornadoproxy.auth.tokenstore import StoreUnavailable
+from tornadoproxy.config.accounts import PoolConfig
 from tornadoproxy.errors import AccountsBusy, GatewayBusy
-from tornadoproxy.logins import Logins
 from tornadoproxy.pool import refusals
 from tornadoproxy.pool.account import Account
 from tornadoproxy.pool.binding import UPSTREAM, EgressBinder
@@ -33,8 +34,7 @@ from tornadoproxy.pool.pacing import backoff
 from tornadoproxy.pool.queue import Grant, Waiter, WaitQueue
 from tornadoproxy.pool.shared import SharedSlots
 from tornadoproxy.pool.sync import PoolSync
-from tornadoproxy.tokens import TokenCache
-from tornadoproxy.tokenstore import StoreUnavailable
+from tornadoproxy.upstream.egress_pool import EgressPools
 
 _FIRST_HOLD_GUESS = 30.0  # seconds an answer holds an account, until answers have been timed
 

@@ -25,8 +25,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError
 
+from tornadoproxy.auth.tokenstore import StoreUnavailable
 from tornadoproxy.pool import scripts
-from tornadoproxy.tokenstore import StoreUnavailable
 
 log = logging.getLogger(__name__)
 

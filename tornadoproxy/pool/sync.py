@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from tornadoproxy.auth.tokenstore import StoreUnavailable
 from tornadoproxy.pool.outcome import Outcome
 from tornadoproxy.pool.queue import Waiter
 from tornadoproxy.pool.shared import HeartbeatState, SharedSlots
-from tornadoproxy.tokenstore import StoreUnavailable
 
 if TYPE_CHECKING:
     from tornadoproxy.pool.pool import AccountPool

@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 
 from tornado.httpserver import HTTPServer
 
-from tornadoproxy.access import AccessPolicy
-from tornadoproxy.config import Config, ConfigError
-from tornadoproxy.logs import configure_logging
-from tornadoproxy.services import Services
-from tornadoproxy.upstream import UpstreamRoute
+from tornadoproxy.config.schema import Config, ConfigError
+from tornadoproxy.observability.logs import configure_logging
+from tornadoproxy.upstream.request import UpstreamRoute
+from tornadoproxy.web.access import AccessPolicy
+from tornadoproxy.web.services import Services
 
 log = logging.getLogger(__name__)
 

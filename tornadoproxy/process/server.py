@@ -24,28 +24,29 @@ from tornado.ioloop import PeriodicCallback
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
-from tornadoproxy.app import make_app, make_ops_app
-from tornadoproxy.body_intake import BodyDeadlines
-from tornadoproxy.config import Config, ConfigError
-from tornadoproxy.egress import EgressProxy
-from tornadoproxy.egress_pool import EgressPools
-from tornadoproxy.fetcher import Fetcher
-from tornadoproxy.listener import GatewayHTTPServer
-from tornadoproxy.logins import Logins
-from tornadoproxy.logs import AccessLog, configure_logging
-from tornadoproxy.metrics import Metrics
+from tornadoproxy.auth.logins import Logins
+from tornadoproxy.auth.tokens import TokenCache
+from tornadoproxy.config.schema import Config, ConfigError
+from tornadoproxy.observability.logs import AccessLog, configure_logging
+from tornadoproxy.observability.metrics import Metrics
+from tornadoproxy.observability.sharedmetrics import SAMPLE_INTERVAL, SupervisorMetrics, prepare_process
 from tornadoproxy.pool.account import Account
 from tornadoproxy.pool.metrics import PoolMetrics
 from tornadoproxy.pool.pool import AccountPool
 from tornadoproxy.pool.shared import SharedSlots
-from tornadoproxy.readiness import Readiness
-from tornadoproxy.runtime import Loader, Runtime, access_policy, connection_body_limit
-from tornadoproxy.services import Lifecycle, Services
-from tornadoproxy.sharedmetrics import SAMPLE_INTERVAL, SupervisorMetrics, prepare_process
-from tornadoproxy.tokens import TokenCache
-from tornadoproxy.upstream import UpstreamRoute
-from tornadoproxy.wiring import account_profiles, build_store, load
-from tornadoproxy.workers import Loaded, Supervisor
+from tornadoproxy.process.runtime import Loader, Runtime, access_policy, connection_body_limit
+from tornadoproxy.process.wiring import account_profiles, build_store, load
+from tornadoproxy.process.workers import Loaded, Supervisor
+from tornadoproxy.relay.readiness import Readiness
+from tornadoproxy.upstream.curl_client import libcurl_version
+from tornadoproxy.upstream.egress import EgressProxy
+from tornadoproxy.upstream.egress_pool import EgressPools
+from tornadoproxy.upstream.fetcher import Fetcher
+from tornadoproxy.upstream.request import UpstreamRoute
+from tornadoproxy.web.app import make_app, make_ops_app
+from tornadoproxy.web.body_intake import BodyDeadlines
+from tornadoproxy.web.listener import GatewayHTTPServer
+from tornadoproxy.web.services import Lifecycle, Services
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ async def serve(
 ) -> None:
     """Serve in this process until SIGTERM or SIGINT (the only process, or worker `worker` of several,
     whose metrics then go to `shared_dir`)."""
-    metrics = Metrics(CollectorRegistry(), tuple(routes), shared_dir)
+    metrics = Metrics(CollectorRegistry(), tuple(routes), shared_dir, libcurl_version())
     proxies = {name: route.proxies for name, route in routes.items()}
     pools = EgressPools(proxies, config.egress.cooldown, metrics)
     fetcher = Fetcher(config.fetch, routes, metrics, pools)

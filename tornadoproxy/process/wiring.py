@@ -11,14 +11,14 @@ import os
 from collections.abc import Mapping
 from urllib.parse import unquote, urlsplit
 
-from tornadoproxy.config import Config, ConfigError, CustomProfileConfig, ProxySetting, load_config
-from tornadoproxy.egress import parse_proxies, proxy_secrets
-from tornadoproxy.engines import engine_problem
-from tornadoproxy.metrics import Metrics
-from tornadoproxy.profiles import PYCURL_TLS_FIELDS, ClientProfile, derive_profile, profile_problem
-from tornadoproxy.shipped_profiles import profile_registry
-from tornadoproxy.tokenstore import MemoryStore, RedisStore, TokenStore, secret_from_config
-from tornadoproxy.upstream import UpstreamRoute
+from tornadoproxy.auth.tokenstore import MemoryStore, RedisStore, TokenStore, secret_from_config
+from tornadoproxy.config.schema import Config, ConfigError, CustomProfileConfig, ProxySetting, load_config
+from tornadoproxy.observability.metrics import Metrics
+from tornadoproxy.upstream.egress import parse_proxies, proxy_secrets
+from tornadoproxy.upstream.engines import engine_problem
+from tornadoproxy.upstream.profiles import PYCURL_TLS_FIELDS, ClientProfile, derive_profile, profile_problem
+from tornadoproxy.upstream.request import UpstreamRoute
+from tornadoproxy.upstream.shipped_profiles import profile_registry
 
 UPSTREAMS = ("chatgpt", "auth", "platform", "platform_web")
 

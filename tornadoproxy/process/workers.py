@@ -28,10 +28,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from tornadoproxy.config import Config, ConfigError
-from tornadoproxy.fetcher import UpstreamRoute
-from tornadoproxy.logs import configure_logging
-from tornadoproxy.sharedmetrics import SupervisorMetrics, forget_worker
+from tornadoproxy.config.schema import Config, ConfigError
+from tornadoproxy.observability.logs import configure_logging
+from tornadoproxy.observability.sharedmetrics import SupervisorMetrics, forget_worker
+from tornadoproxy.upstream.fetcher import UpstreamRoute
 
 log = logging.getLogger(__name__)
 

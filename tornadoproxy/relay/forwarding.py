@@ -1,8 +1,8 @@
 """What crosses the gateway: checked request paths, upstream URLs, and headers in both directions.
 
-The gateway is never an open proxy (shared/spec/gateway.md, "Routes"): the raw request target is
+The gateway is never an open proxy (docs/gateway.md, "Routes"): the raw request target is
 checked before anything is decoded, because tornado neither normalises `..` nor refuses `%2F`, and
-libcurl would remove dot segments on the way out (shared/PITFALLS.md). Headers pass by allowlist in
+libcurl would remove dot segments on the way out (docs/pitfalls.md). Headers pass by allowlist in
 both directions, so a client's Host, Cookie or X-Forwarded-For never reaches the upstream and the
 upstream's Set-Cookie or hop-by-hop headers never reach the client.
 """

@@ -1,6 +1,6 @@
 """Upstream probes behind /readyz: cheap periodic requests whose last result is reported, not enforced.
 
-Each upstream gets a request without credentials (shared/spec/gateway.md, "Operations"): for the
+Each upstream gets a request without credentials (docs/gateway.md, "Routes"): for the
 ChatGPT backend `GET backend-api/accounts/check` and for the Platform API `GET v1/models`, where a 401
 means reachable; for the login hosts `GET /`, where any answer does. A challenge or block page makes
 the upstream `challenged` or `blocked`; no answer makes it `unreachable`. The gateway serves whatever
@@ -15,12 +15,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tornadoproxy.config import ReadinessConfig
-from tornadoproxy.diagnosis import diagnose
+from tornadoproxy.config.schema import ReadinessConfig
 from tornadoproxy.errors import UpstreamError
-from tornadoproxy.fetcher import Fetcher
-from tornadoproxy.metrics import UPSTREAM_STATES, Metrics
-from tornadoproxy.upstream import UpstreamRequest
+from tornadoproxy.observability.metrics import UPSTREAM_STATES, Metrics
+from tornadoproxy.upstream.diagnosis import diagnose
+from tornadoproxy.upstream.fetcher import Fetcher
+from tornadoproxy.upstream.request import UpstreamRequest
 
 log = logging.getLogger(__name__)
 

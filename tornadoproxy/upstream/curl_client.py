@@ -25,9 +25,9 @@ from typing import Any
 import pycurl
 from tornado.curl_httpclient import CurlAsyncHTTPClient
 
-from tornadoproxy.curl_errors import failure_of
-from tornadoproxy.profiles import ClientProfile
-from tornadoproxy.transport import Sink, Transfer
+from tornadoproxy.upstream.curl_errors import failure_of
+from tornadoproxy.upstream.profiles import ClientProfile
+from tornadoproxy.upstream.transport import Sink, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,11 @@ class CurlClient(CurlAsyncHTTPClient):
         finally:
             curl.reset()
             self._free_list.append(curl)
+
+
+def libcurl_version() -> str:
+    """The version of the stock libcurl the pycurl engine runs on (for the build info metric)."""
+    return str(pycurl.version_info()[1])
 
 
 def _cookie_share() -> pycurl.CurlShare:

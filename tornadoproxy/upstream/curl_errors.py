@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from tornadoproxy.egress import EgressProxy
 from tornadoproxy.errors import UpstreamError, egress_proxy_error, upstream_timeout
+from tornadoproxy.upstream.egress import EgressProxy
 
 # CURLPX_* (curl.h, CURLproxycode) that mean the SOCKS5 proxy did not accept our credentials.
 _SOCKS_AUTH = {

@@ -1,6 +1,6 @@
 """Recognising answers an API client must never see as they are: challenges, blocks, HTML pages.
 
-shared/spec/upstream-chatgpt.md ("Errors"): Cloudflare challenges (`cf-mitigated: challenge`, a page titled
+docs/upstream-chatgpt.md ("Errors"): Cloudflare challenges (`cf-mitigated: challenge`, a page titled
 `Just a moment...`, `/cdn-cgi/challenge-platform/`), Cloudflare blocks (`Access denied`, error 1020,
 `Attention Required!`) and region blocks (`unsupported_country` on ChatGPT,
 `unsupported_country_region_territory` on the Platform API) become `upstream_challenge` /

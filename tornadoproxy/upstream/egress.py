@@ -1,7 +1,7 @@
 """Egress proxies as values: parsed once from a URL, credentials split out and masked.
 
 `EgressProxy.curl_options()` returns the complete list of proxy options for a curl handle, resets
-included, so that a reused handle never keeps the previous request's proxy (shared/PITFALLS.md).
+included, so that a reused handle never keeps the previous request's proxy (docs/pitfalls.md).
 Credentials go to PROXYUSERNAME / PROXYPASSWORD, never into the PROXY URL, because libcurl echoes a
 URL it cannot parse in its error text. Health and failover live in egress_pool.py.
 """

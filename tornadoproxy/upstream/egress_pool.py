@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from tornadoproxy.egress import EgressProxy
-from tornadoproxy.metrics import Metrics
+from tornadoproxy.observability.metrics import Metrics
+from tornadoproxy.upstream.egress import EgressProxy
 
 
 @dataclass(slots=True)

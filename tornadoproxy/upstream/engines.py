@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
-from tornadoproxy.curl_client import CurlClient, tls_settings_problem
-from tornadoproxy.fingerprint_options import impersonation_problem
-from tornadoproxy.impersonation import ImpersonationClient
-from tornadoproxy.profiles import ClientProfile
-from tornadoproxy.transport import Transport
+from tornadoproxy.upstream.curl_client import CurlClient, tls_settings_problem
+from tornadoproxy.upstream.fingerprint_options import impersonation_problem
+from tornadoproxy.upstream.impersonation import ImpersonationClient
+from tornadoproxy.upstream.profiles import ClientProfile
+from tornadoproxy.upstream.transport import Transport
 
 log = logging.getLogger(__name__)
 

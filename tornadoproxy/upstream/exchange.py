@@ -15,18 +15,18 @@ import logging
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from tornadoproxy.curl_errors import CurlFailure
-from tornadoproxy.egress import EgressProxy
 from tornadoproxy.errors import UpstreamError
-from tornadoproxy.transport import WRITE_ERROR, WRITE_PAUSE
+from tornadoproxy.upstream.curl_errors import CurlFailure
+from tornadoproxy.upstream.egress import EgressProxy
+from tornadoproxy.upstream.transport import WRITE_ERROR, WRITE_PAUSE
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from tornadoproxy.egress_pool import EgressPools
-    from tornadoproxy.metrics import Metrics
-    from tornadoproxy.transport import Transport
-    from tornadoproxy.upstream import UpstreamRequest, UpstreamRoute
+    from tornadoproxy.observability.metrics import Metrics
+    from tornadoproxy.upstream.egress_pool import EgressPools
+    from tornadoproxy.upstream.request import UpstreamRequest, UpstreamRoute
+    from tornadoproxy.upstream.transport import Transport
 
 # Pause the transfer when this much body waits for a slow client.
 _HIGH_WATER = 256 * 1024

@@ -21,17 +21,17 @@ from collections.abc import Mapping, Sequence
 import pycurl
 from tornado.ioloop import IOLoop
 
-from tornadoproxy.config import FetchConfig
-from tornadoproxy.curl_errors import CurlFailure, before_upstream, classify_failure
-from tornadoproxy.egress import EgressProxy
-from tornadoproxy.egress_pool import EgressPools
-from tornadoproxy.engines import Transports
+from tornadoproxy.config.schema import FetchConfig
 from tornadoproxy.errors import UpstreamError, egress_proxy_error, upstream_timeout
-from tornadoproxy.exchange import Exchange
-from tornadoproxy.gate import Gate
-from tornadoproxy.metrics import Metrics
-from tornadoproxy.transport import CurlOption, Transfer
-from tornadoproxy.upstream import UpstreamRequest, UpstreamRoute
+from tornadoproxy.observability.metrics import Metrics
+from tornadoproxy.upstream.curl_errors import CurlFailure, before_upstream, classify_failure
+from tornadoproxy.upstream.egress import EgressProxy
+from tornadoproxy.upstream.egress_pool import EgressPools
+from tornadoproxy.upstream.engines import Transports
+from tornadoproxy.upstream.exchange import Exchange
+from tornadoproxy.upstream.gate import Gate
+from tornadoproxy.upstream.request import UpstreamRequest, UpstreamRoute
+from tornadoproxy.upstream.transport import CurlOption, Transfer
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 from curl_cffi import BrowserType, CurlOpt
 from curl_cffi.const import CurlHttpVersion, CurlSslVersion
 
-from tornadoproxy.profiles import ClientProfile
+from tornadoproxy.upstream.profiles import ClientProfile
 
 # The targets curl_cffi 0.17 offers (chrome152, firefox153, safari270, ...).
 TARGETS = frozenset(browser.value for browser in BrowserType)

@@ -1,6 +1,6 @@
 """The bounded gate in front of the upstream client: at most N requests at once, a bounded wait.
 
-tornado's curl client queues requests beyond max_clients without any timeout (shared/PITFALLS.md):
+tornado's curl client queues requests beyond max_clients without any timeout (docs/pitfalls.md):
 the gate answers 503 with Retry-After instead, after at most `fetch.queue_timeout` seconds.
 """
 
@@ -10,7 +10,7 @@ import asyncio
 import collections
 
 from tornadoproxy.errors import GatewayBusy
-from tornadoproxy.metrics import Metrics
+from tornadoproxy.observability.metrics import Metrics
 
 
 class Gate:

@@ -27,10 +27,10 @@ from curl_cffi.aio import AsyncCurl
 from curl_cffi.const import CurlHttpVersion, CurlLockData
 from curl_cffi.curl import DEFAULT_CACERT
 
-from tornadoproxy.curl_errors import failure_of
-from tornadoproxy.fingerprint_options import profile_options
-from tornadoproxy.profiles import ClientProfile
-from tornadoproxy.transport import Sink, Transfer
+from tornadoproxy.upstream.curl_errors import failure_of
+from tornadoproxy.upstream.fingerprint_options import profile_options
+from tornadoproxy.upstream.profiles import ClientProfile
+from tornadoproxy.upstream.transport import Sink, Transfer
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from tornadoproxy.egress import EgressProxy
-from tornadoproxy.profiles import ClientProfile
+from tornadoproxy.upstream.egress import EgressProxy
+from tornadoproxy.upstream.profiles import ClientProfile
 
 
 @dataclass(frozen=True, slots=True)

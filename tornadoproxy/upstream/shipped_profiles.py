@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from tornadoproxy import __version__
-from tornadoproxy.profiles import ClientProfile, supported_encodings
+from tornadoproxy.upstream.profiles import ClientProfile, supported_encodings
 
 CHROME_VERSION = 152
 FIREFOX_VERSION = 153

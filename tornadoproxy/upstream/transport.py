@@ -17,10 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tornadoproxy.curl_errors import CurlFailure
+from tornadoproxy.upstream.curl_errors import CurlFailure
 
 if TYPE_CHECKING:
-    from tornadoproxy.upstream import CookieJar
+    from tornadoproxy.upstream.request import CookieJar
 
 # libcurl's CURL_WRITEFUNC_PAUSE and CURL_WRITEFUNC_ERROR (curl.h).
 WRITE_PAUSE = 0x10000001

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from tornado.web import Application, RequestHandler
 
-from tornadoproxy.handlers import accounts, chatgpt, logins, ops, platform
-from tornadoproxy.handlers.base import RELAY_METHODS, BaseHandler
-from tornadoproxy.handlers.ops import NotFoundHandler
-from tornadoproxy.handlers.routing import Route, route_specs
-from tornadoproxy.services import Services
+from tornadoproxy.web.handlers import accounts, chatgpt, logins, ops, platform
+from tornadoproxy.web.handlers.base import RELAY_METHODS, BaseHandler
+from tornadoproxy.web.handlers.ops import NotFoundHandler
+from tornadoproxy.web.handlers.routing import Route, route_specs
+from tornadoproxy.web.services import Services
 
 _KNOWN_METHODS = frozenset(RELAY_METHODS + ("OPTIONS",))
 

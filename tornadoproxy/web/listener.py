@@ -20,7 +20,7 @@ from tornado.httputil import HTTPConnection, HTTPMessageDelegate
 from tornado.iostream import IOStream, UnsatisfiableReadError
 
 from tornadoproxy.errors import BadRequest, GatewayError
-from tornadoproxy.framing import StrictHTTP1Connection
+from tornadoproxy.web.framing import StrictHTTP1Connection
 
 _TORNADO_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\n\r\n"
 _TORNADO_HEADER_END = b"\r?\n\r?\n"  # what tornado's HTTP1Connection reads a header block up to

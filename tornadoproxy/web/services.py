@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tornadoproxy.access import AccessPolicy
-from tornadoproxy.body_intake import BodyDeadlines
-from tornadoproxy.config import Config
-from tornadoproxy.fetcher import Fetcher
-from tornadoproxy.logins import Logins
-from tornadoproxy.logs import AccessLog
-from tornadoproxy.metrics import Metrics
+from tornadoproxy.auth.logins import Logins
+from tornadoproxy.auth.tokens import TokenCache
+from tornadoproxy.config.schema import Config
+from tornadoproxy.observability.logs import AccessLog
+from tornadoproxy.observability.metrics import Metrics
 from tornadoproxy.pool.pool import AccountPool
-from tornadoproxy.readiness import Readiness
-from tornadoproxy.tokens import TokenCache
+from tornadoproxy.relay.readiness import Readiness
+from tornadoproxy.upstream.fetcher import Fetcher
+from tornadoproxy.web.access import AccessPolicy
+from tornadoproxy.web.body_intake import BodyDeadlines
 
 
 @dataclass(slots=True)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 
-from tornadoproxy.accounts_page import render_accounts_page
 from tornadoproxy.errors import GatewayError
-from tornadoproxy.handlers.base import BaseHandler
-from tornadoproxy.handlers.routing import Route
 from tornadoproxy.pool.report import pool_report
+from tornadoproxy.web.accounts_page import render_accounts_page
+from tornadoproxy.web.handlers.base import BaseHandler
+from tornadoproxy.web.handlers.routing import Route
 
 _PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 

@@ -15,10 +15,6 @@ from typing import Any
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
-from tornadoproxy.body_intake import BodyBuffer
-from tornadoproxy.cors import is_preflight, origin_headers, preflight_headers
-from tornadoproxy.credentials import HEADERS, client_address, upstream_authorization
-from tornadoproxy.diagnosis import diagnose
 from tornadoproxy.errors import (
     BadRequest,
     GatewayBusy,
@@ -26,17 +22,21 @@ from tornadoproxy.errors import (
     PayloadTooLarge,
     UpstreamError,
 )
-from tornadoproxy.exchange import Exchange
-from tornadoproxy.forwarding import (
+from tornadoproxy.formats.sse import EventSplitter, EventTooLarge, encode_comment, encode_event
+from tornadoproxy.relay.forwarding import (
     check_raw_path,
     check_raw_query,
     forwarded_request_headers,
     is_event_stream,
     relayed_response_headers,
 )
-from tornadoproxy.services import Services
-from tornadoproxy.sse import EventSplitter, EventTooLarge, encode_comment, encode_event
-from tornadoproxy.upstream import UpstreamRequest
+from tornadoproxy.upstream.diagnosis import diagnose
+from tornadoproxy.upstream.exchange import Exchange
+from tornadoproxy.upstream.request import UpstreamRequest
+from tornadoproxy.web.body_intake import BodyBuffer
+from tornadoproxy.web.cors import is_preflight, origin_headers, preflight_headers
+from tornadoproxy.web.credentials import HEADERS, client_address, upstream_authorization
+from tornadoproxy.web.services import Services
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""/chatgpt/...: the ChatGPT web backend relay (shared/spec/upstream-chatgpt.md).
+"""/chatgpt/...: the ChatGPT web backend relay (docs/upstream-chatgpt.md).
 
 Each route maps to `<upstreams.chatgpt>/backend-api/...`. Bodies go upstream as sent; the only rewrite
 is a missing `messages[].author.role` on conversation create, filled with "user". `POST` is accepted
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from tornadoproxy.bodies import fill_author_roles
 from tornadoproxy.errors import BadRequest
-from tornadoproxy.forwarding import upstream_url
-from tornadoproxy.handlers.base import BaseHandler
-from tornadoproxy.handlers.routing import Route
+from tornadoproxy.formats.bodies import fill_author_roles
+from tornadoproxy.relay.forwarding import upstream_url
+from tornadoproxy.web.handlers.base import BaseHandler
+from tornadoproxy.web.handlers.routing import Route
 
 _PREFIX = "/chatgpt"
 _BACKEND = "/backend-api"

@@ -1,7 +1,7 @@
 """POST /chatgpt/login and POST /platform/login: username + password -> the upstream login answer.
 
 The body is the seed's `{"username": "...", "password": "..."}`. The answer is the upstream JSON of
-the flow's last step (shared/spec/upstream-auth.md), served from the token cache when it can be
+the flow's last step (docs/logins.md), served from the token cache when it can be
 (tokens.py); errors are the gateway's JSON and never echo the username or the password.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from functools import partial
 
-from tornadoproxy.bodies import is_json_string, parse_json
 from tornadoproxy.errors import BadRequest, GatewayBusy
-from tornadoproxy.handlers.base import BaseHandler
-from tornadoproxy.handlers.routing import Route
+from tornadoproxy.formats.bodies import is_json_string, parse_json
+from tornadoproxy.web.handlers.base import BaseHandler
+from tornadoproxy.web.handlers.routing import Route
 
 _MAX_USERNAME = 320  # the longest e-mail address RFC 5321 allows
 _MAX_PASSWORD = 1024

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from tornadoproxy.errors import NotFound
-from tornadoproxy.handlers.base import BaseHandler
-from tornadoproxy.handlers.routing import Route
 from tornadoproxy.pool.report import readiness_report
+from tornadoproxy.web.handlers.base import BaseHandler
+from tornadoproxy.web.handlers.routing import Route
 
 
 class HealthHandler(BaseHandler):

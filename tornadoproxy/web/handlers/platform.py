@@ -1,4 +1,4 @@
-"""/platform/...: the OpenAI Platform API relay (shared/spec/upstream-platform.md).
+"""/platform/...: the OpenAI Platform API relay (docs/upstream-platform.md).
 
 Every route relays to the same path under `upstreams.platform`; the seed's routes are listed one by
 one so that metrics and logs carry their templates, and any other `/platform/v1/<path>` or
@@ -7,9 +7,9 @@ one so that metrics and logs carry their templates, and any other `/platform/v1/
 
 from __future__ import annotations
 
-from tornadoproxy.forwarding import upstream_url
-from tornadoproxy.handlers.base import BaseHandler
-from tornadoproxy.handlers.routing import Route
+from tornadoproxy.relay.forwarding import upstream_url
+from tornadoproxy.web.handlers.base import BaseHandler
+from tornadoproxy.web.handlers.routing import Route
 
 _PREFIX = "/platform"
 
