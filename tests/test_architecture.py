@@ -22,7 +22,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "redact": set(),  # what a secret is and how text is masked: config, logs and egress use it
     "formats": {"errors"},  # SSE and strict JSON, pure: below relay, imitate and web
     "config": {"errors", "redact"},
-    "observability": {"config", "redact"},
+    "observability": {"errors", "config", "redact"},
     "upstream": {"errors", "redact", "config", "observability"},
     "relay": {"errors", "redact", "formats", "config", "observability", "upstream"},
     "auth": {"errors", "redact", "formats", "config", "observability", "upstream", "relay"},
@@ -201,3 +201,21 @@ def test_readme_lists_every_metric() -> None:
         name = family.name + ("_total" if family.type == "counter" else "")
         name = name + "_info" if family.type == "info" else name
         assert re.search(rf"`{re.escape(name)}`", readme), name
+
+
+def test_readme_error_table_is_the_catalogue() -> None:
+    """Every code of errors.Code has a row with its status (a row may name several codes of one
+    status; `502/5xx` is a code whose status relays the upstream's 5xx), and no row names another."""
+    from tornadoproxy.errors import Code
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("| status | code | when |")
+    rows = readme[start : readme.index("\n\n", start)].splitlines()[2:]
+    documented: dict[str, int] = {}
+    for row in rows:
+        status, codes, _ = (cell.strip() for cell in row.strip("|").split("|", 2))
+        for code in re.findall(r"`([a-z_]+)`", codes):
+            documented[code] = int(status.split("/")[0])
+    assert set(documented) == {code.value for code in Code}, set(documented) ^ set(Code)
+    for code in Code:
+        assert documented[code] == code.status, code

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tornadoproxy.errors import UpstreamError
+from tornadoproxy.errors import Code, UpstreamError
 from tornadoproxy.formats.sse import SSEParser
 from tornadoproxy.imitate.output import ChunkStream, Usage, completion, model_list, stream_error
 from tornadoproxy.imitate.refusals import refusal
@@ -52,7 +52,7 @@ def test_the_non_stream_object_always_has_usage() -> None:
 
 
 def test_a_failure_mid_stream_is_one_data_error_then_done() -> None:
-    data = stream_error(UpstreamError("the upstream broke", code="upstream_error"))
+    data = stream_error(UpstreamError("the upstream broke", code=Code.UPSTREAM_ERROR))
     assert b"event:" not in data
     raw = events(data)
     assert raw[1] == "[DONE]" and json.loads(raw[0])["error"]["code"] == "upstream_error"

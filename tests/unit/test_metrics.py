@@ -10,9 +10,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
 
 from tests.harness import ROOT, metric_value
+from tornadoproxy.errors import Code
 from tornadoproxy.observability.metrics import (
     EGRESS_FAILURE_KINDS,
     GATEWAY_ERROR_CODES,
+    LOGIN_OUTCOMES,
     UPSTREAM_ERROR_KINDS,
     Metrics,
     status_class,
@@ -39,10 +41,19 @@ def literal_keywords(name: str) -> set[str]:
     return {value for value in found if isinstance(value, str)}
 
 
-def test_every_error_code_in_the_package_has_its_own_series() -> None:
-    codes = literal_keywords("code") | set(_tornado_codes())
-    assert codes, "the scan found nothing"
-    assert codes <= set(GATEWAY_ERROR_CODES), codes - set(GATEWAY_ERROR_CODES)
+def test_every_error_code_has_its_own_series_and_none_is_a_string() -> None:
+    """The label set is the catalogue; no module passes a code as a plain string (nor compares with
+    one): codes are errors.Code members, so a new code cannot miss its series."""
+    assert set(GATEWAY_ERROR_CODES) == {code.value for code in Code} | {"other"}
+    assert set(_tornado_codes()) <= set(Code)
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.keyword) and node.arg == "code":
+                assert not isinstance(node.value, ast.Constant), (path, node.lineno)
+            if isinstance(node, ast.Compare) and isinstance(node.left, ast.Attribute):
+                if node.left.attr == "code":
+                    strings = [c for c in node.comparators if isinstance(c, ast.Constant)]
+                    assert not strings, (path, node.lineno)
 
 
 def _tornado_codes() -> list[str]:
@@ -51,10 +62,21 @@ def _tornado_codes() -> list[str]:
     return list(_TORNADO_CODES.values())
 
 
+def test_every_catalogue_kind_is_a_label_of_its_family() -> None:
+    for code in Code:
+        if code.type == "upstream_error":
+            assert code.kind in UPSTREAM_ERROR_KINDS, code
+        elif code.type == "login_error":
+            assert code.kind in LOGIN_OUTCOMES, code
+        else:
+            assert code.kind == "", code
+
+
 def test_every_upstream_error_kind_in_the_package_has_its_own_series() -> None:
     from tornadoproxy.upstream.curl_errors import _DIRECT_FAILURES
 
     kinds = literal_keywords("kind") | {kind for kind, _ in _DIRECT_FAILURES.values()}
+    kinds |= {code.kind for code in Code if code.kind and code.type == "upstream_error"}
     for node in ast.walk(ast.parse((PACKAGE / "upstream" / "curl_errors.py").read_text())):
         # `return "proxy_dns", "what happened"` in the proxy failure tables
         if isinstance(node, ast.Return) and isinstance(node.value, ast.Tuple):

@@ -28,7 +28,7 @@ from tornadoproxy.auth.tokens import cache_deadline
 from tornadoproxy.auth.tokenstore import secret_from_config, write_atomically
 from tornadoproxy.config.options import ConfigError, build
 from tornadoproxy.config.schema import Config as GatewayConfig
-from tornadoproxy.errors import BadRequest, LoginError
+from tornadoproxy.errors import BadRequest, Code, LoginError
 from tornadoproxy.process.wiring import check_tokens, config_secrets
 from tornadoproxy.upstream.diagnosis import page_kind
 from tornadoproxy.web.handlers.logins import parse_login_body
@@ -294,7 +294,7 @@ def test_bad_login_bodies(body: bytes) -> None:
 
 
 def test_login_errors_copy_with_their_fields() -> None:
-    error = LoginError("m", outcome="limited", status=429, code="login_rate_limited", retry_after=7)
+    error = LoginError("m", outcome="limited", code=Code.LOGIN_RATE_LIMITED, retry_after=7)
     again = copy.copy(error)
     assert (again.message, again.outcome, again.status, again.code, again.retry_after) == (
         "m",

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 from tornadoproxy.auth.pages import element_text, hidden_inputs, upstream_text
 from tornadoproxy.config.schema import LoginsConfig, UpstreamsConfig
-from tornadoproxy.errors import LoginError, UpstreamError
+from tornadoproxy.errors import Code, LoginError, UpstreamError
 from tornadoproxy.observability.metrics import Metrics
 from tornadoproxy.upstream.diagnosis import page_kind
 from tornadoproxy.upstream.egress import EgressProxy
@@ -127,9 +127,7 @@ class Logins:
             raise UpstreamError(
                 f"the {browser.flow} did not complete within {self.config.timeout:g} s (logins.timeout); "
                 f"it was at the '{browser.step}' step",
-                kind="timeout",
-                status=504,
-                code="upstream_timeout",
+                code=Code.UPSTREAM_TIMEOUT,
             ) from None
         finally:
             self._metrics.observe_login(family, time.monotonic() - started)
@@ -326,17 +324,13 @@ class _Browser:
             raise LoginError(
                 self._where(page.step) + "the upstream refused the account: "
                 f"{self.upstream_text(description[0])}",
-                outcome="blocked",
-                status=403,
-                code="login_account_blocked",
+                code=Code.LOGIN_ACCOUNT_BLOCKED,
             )
         if "/mfa" in parts.path:
             raise LoginError(
                 self._where(page.step) + "the account uses two-factor authentication, which the gateway "
                 "cannot complete; log in with a browser and send the accessToken or sessionKey instead",
-                outcome="mfa",
-                status=400,
-                code="login_mfa_unsupported",
+                code=Code.LOGIN_MFA_UNSUPPORTED,
             )
         return url
 
@@ -389,8 +383,7 @@ class _Browser:
             "another egress IP (egress.proxy) or another client profile (profiles.auth, "
             "profiles.chatgpt)",
             kind=kind,
-            status=403,
-            code="upstream_challenge" if kind == "challenge" else "upstream_blocked",
+            code=Code.UPSTREAM_CHALLENGE if kind == "challenge" else Code.UPSTREAM_BLOCKED,
         )
 
     def _rate_limited(self, page: _Page) -> LoginError:
@@ -399,9 +392,7 @@ class _Browser:
         return LoginError(
             self._where(page.step) + "the upstream is limiting logins for this account or address "
             f"(status 429); retry after {retry_after} s",
-            outcome="rate_limited",
-            status=429,
-            code="login_rate_limited",
+            code=Code.LOGIN_RATE_LIMITED,
             retry_after=retry_after,
         )
 
@@ -439,7 +430,7 @@ def iso_time(value: Any) -> float | None:
 
 
 def _upstream_error(message: str) -> LoginError:
-    return LoginError(message, outcome="error", status=502, code="login_upstream_error")
+    return LoginError(message, code=Code.LOGIN_UPSTREAM_ERROR)
 
 
 def _dig(data: Any, *keys: str) -> Any:

@@ -36,7 +36,7 @@ from tornadoproxy.auth.sealing import (
 )
 from tornadoproxy.auth.tokenstore import StoreUnavailable, TokenStore
 from tornadoproxy.config.schema import LoginsConfig, TokensConfig
-from tornadoproxy.errors import GatewayError, LoginError, UpstreamError
+from tornadoproxy.errors import Code, GatewayError, LoginError, UpstreamError
 from tornadoproxy.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -307,8 +307,7 @@ class TokenCache:
                 f"too many failed {_FLOWS[family]}s for this username or from this address; retry "
                 f"after {wait} s (logins.max_failures_per_username, logins.max_failures_per_address)",
                 outcome="limited",
-                status=429,
-                code="login_rate_limited",
+                code=Code.LOGIN_RATE_LIMITED,
                 retry_after=wait,
             )
 
@@ -377,4 +376,4 @@ def cache_deadline(
 
 
 def _interrupted(family: str) -> GatewayError:
-    return GatewayError(f"the {_FLOWS[family]} was interrupted; retry", status=503, code="login_interrupted")
+    return GatewayError.of(Code.LOGIN_INTERRUPTED, flow=_FLOWS[family])

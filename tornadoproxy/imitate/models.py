@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from tornadoproxy.errors import NotFound
+from tornadoproxy.errors import Code, NotFound
 
 # What a gateway without an `imitate` section maps (the configuration contract's example).
 DEFAULT_MODELS: dict[str, str] = {
@@ -64,9 +64,7 @@ class ModelMap:
 def model_not_found(name: str) -> NotFound:
     shown = name if len(name) <= 100 else name[:100] + "..."
     return NotFound(
-        f"The model `{shown}` does not exist or this gateway does not map it to a ChatGPT model.",
-        code="model_not_found",
-        param="model",
+        Code.MODEL_NOT_FOUND.message.format(model=shown), code=Code.MODEL_NOT_FOUND, param="model"
     )
 
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from tornadoproxy.errors import UpstreamError
+from tornadoproxy.errors import Code, UpstreamError
 from tornadoproxy.imitate.browser import COUNTER_INDEX, BrowserTelemetry
 
 REQUIREMENTS_PREFIX = "gAAAAAC"
@@ -51,7 +51,7 @@ class ProofOfWorkFailed(UpstreamError):
     """No proof token: the difficulty is over the configured limit, or the attempts ran out."""
 
     def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message, kind="proof_of_work", status=502, code="upstream_proof_of_work_failed")
+        super().__init__(message, code=Code.UPSTREAM_PROOF_OF_WORK_FAILED)
         self.reason = reason  # "too_hard" | "exhausted" | "malformed": a bounded label
 
 

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tornadoproxy.errors import UpstreamError
+from tornadoproxy.errors import Code, UpstreamError
 from tornadoproxy.formats.sse import Event, SSEParser
 from tornadoproxy.imitate.delta import DeltaDocuments
 
@@ -29,7 +29,7 @@ class WebStreamFailure(UpstreamError):
     """The web stream failed: an in-stream error, no answer text, or a cut before the end."""
 
     def __init__(self, message: str, kind: str) -> None:
-        super().__init__(message, kind=kind, status=502, code="upstream_error")
+        super().__init__(message, kind=kind, code=Code.UPSTREAM_ERROR)
 
 
 @dataclass(frozen=True, slots=True)

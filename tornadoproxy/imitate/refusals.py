@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 
-from tornadoproxy.errors import UpstreamError
+from tornadoproxy.errors import Code, UpstreamError
 
 _UNUSUAL = "unusual activity"
 _ONE_AT_A_TIME = "only one message at a time"
@@ -33,9 +33,7 @@ def refusal(status: int, body: bytes, *, own_token: bool) -> UpstreamError | Non
         return UpstreamError(
             "the ChatGPT upstream refused the conversation: unusual activity detected from this "
             "device (a sentinel token or proof of work it did not accept, or an account it distrusts)",
-            kind="blocked",
-            status=403,
-            code="upstream_blocked",
+            code=Code.UPSTREAM_BLOCKED,
         )
     if status == 429:
         return _rate_limited(text, detail)
@@ -55,15 +53,11 @@ def _unauthorized(own_token: bool) -> UpstreamError:
     if own_token:
         return UpstreamError(
             "the ChatGPT upstream refused the accessToken, or it has expired",
-            kind="unauthorized",
-            status=401,
-            code="invalid_api_key",
+            code=Code.INVALID_API_KEY,
         )
     return UpstreamError(
         "the ChatGPT upstream refused the account's accessToken",
-        kind="unauthorized",
-        status=502,
-        code="upstream_unauthorized",
+        code=Code.UPSTREAM_UNAUTHORIZED,
     )
 
 
@@ -79,6 +73,4 @@ def _rate_limited(text: str, detail: str | dict[str, object]) -> UpstreamError:
     else:
         what = "the ChatGPT upstream is rate limiting this account"
     when = f"; it clears in {retry_after} s" if retry_after is not None else ""
-    return UpstreamError(
-        f"{what}{when}", kind="rate_limited", status=429, code="rate_limit_exceeded", retry_after=retry_after
-    )
+    return UpstreamError(f"{what}{when}", code=Code.RATE_LIMIT_EXCEEDED, retry_after=retry_after)

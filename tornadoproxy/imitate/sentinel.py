@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from tornadoproxy.errors import UpstreamError
+from tornadoproxy.errors import Code, UpstreamError
 
 LANGUAGE = "en-US"
 
@@ -35,16 +35,12 @@ def verification_required(which: str) -> UpstreamError:
     return UpstreamError(
         f"the ChatGPT upstream asks this account to pass a {which} check, which the gateway does not "
         "solve; open ChatGPT in a browser with this account, or use another account",
-        kind="verification_required",
-        status=403,
-        code="upstream_verification_required",
+        code=Code.UPSTREAM_VERIFICATION_REQUIRED,
     )
 
 
 def malformed_requirements(what: str) -> UpstreamError:
-    return UpstreamError(
-        f"the ChatGPT upstream's chat-requirements answer {what}", kind="protocol", code="upstream_error"
-    )
+    return UpstreamError(f"the ChatGPT upstream's chat-requirements answer {what}", code=Code.UPSTREAM_ERROR)
 
 
 def requirements_body(requirements_token: str) -> bytes:

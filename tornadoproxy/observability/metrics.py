@@ -20,6 +20,7 @@ from prometheus_client.metrics_core import InfoMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
 from tornadoproxy import __version__
+from tornadoproxy.errors import Code
 from tornadoproxy.observability.sharedmetrics import Sampler, StaticCollector, shared_registry
 
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
@@ -78,49 +79,9 @@ EGRESS_FAILURE_KINDS = (
     "challenge",
     "blocked",
 )
-# The `code` of every error answer the gateway writes itself (errors.py and its callers); anything
+# The `code` of every error answer the gateway writes itself: the catalogue (errors.Code); anything
 # else is counted as "other", so the label stays bounded whatever a future error is called.
-GATEWAY_ERROR_CODES = (
-    "bad_request",
-    "headers_too_large",
-    "missing_authorization",
-    "gateway_key_required",
-    "gateway_key_invalid",
-    "client_not_allowed",
-    "not_found",
-    "method_not_allowed",
-    "payload_too_large",
-    "gateway_busy",
-    "shutting_down",
-    "body_timeout",
-    "upstream_unreachable",
-    "upstream_timeout",
-    "egress_proxy_error",
-    "upstream_challenge",
-    "upstream_blocked",
-    "upstream_error_page",
-    "upstream_bad_stream",
-    "upstream_too_large",
-    "login_failed",
-    "login_mfa_unsupported",
-    "login_account_blocked",
-    "login_rate_limited",
-    "login_upstream_error",
-    "login_interrupted",
-    "accounts_busy",
-    "accounts_unavailable",
-    "accounts_forbidden",
-    # /imitate (OpenAI's own codes where OpenAI clients act on them)
-    "invalid_api_key",
-    "model_not_found",
-    "rate_limit_exceeded",
-    "upstream_verification_required",
-    "upstream_unauthorized",
-    "upstream_proof_of_work_failed",
-    "upstream_error",
-    "internal_error",
-    "other",
-)
+GATEWAY_ERROR_CODES = tuple(code.value for code in Code) + ("other",)
 RELOAD_OUTCOMES = ("ok", "failed")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 

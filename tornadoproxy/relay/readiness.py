@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tornadoproxy.config.schema import ReadinessConfig
-from tornadoproxy.errors import UpstreamError
+from tornadoproxy.errors import Code, UpstreamError
 from tornadoproxy.observability.metrics import UPSTREAM_STATES, Metrics
 from tornadoproxy.upstream.diagnosis import diagnose
 from tornadoproxy.upstream.fetcher import Fetcher
@@ -123,8 +123,8 @@ class Readiness:
         except UpstreamError as error:
             return self._result("unreachable", error.message, None, started)
         problem = diagnose(name, exchange.status, exchange.headers, body)
-        if problem is not None and problem.code in ("upstream_challenge", "upstream_blocked"):
-            state = "challenged" if problem.code == "upstream_challenge" else "blocked"
+        if problem is not None and problem.code in (Code.UPSTREAM_CHALLENGE, Code.UPSTREAM_BLOCKED):
+            state = "challenged" if problem.code is Code.UPSTREAM_CHALLENGE else "blocked"
             return self._result(state, problem.message, exchange.status, started)
         if exchange.status >= 500:
             return self._result("unreachable", f"answered {exchange.status}", exchange.status, started)

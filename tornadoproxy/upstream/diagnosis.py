@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Sequence
 
-from tornadoproxy.errors import UpstreamError
+from tornadoproxy.errors import Code, UpstreamError
 
 # Enough of a page to find its title and Cloudflare's markers.
 HEAD_BYTES = 64 * 1024
@@ -69,18 +69,14 @@ def diagnose(
 def challenge(upstream: str, status: int) -> UpstreamError:
     return UpstreamError(
         f"the {upstream} upstream answered {status} with a Cloudflare challenge page: {_CHALLENGE_ADVICE}",
-        kind="challenge",
-        status=403,
-        code="upstream_challenge",
+        code=Code.UPSTREAM_CHALLENGE,
     )
 
 
 def blocked(upstream: str, status: int, what: str) -> UpstreamError:
     return UpstreamError(
         f"the {upstream} upstream answered {status}: {what}; {_BLOCK_ADVICE}",
-        kind="blocked",
-        status=403,
-        code="upstream_blocked",
+        code=Code.UPSTREAM_BLOCKED,
     )
 
 
@@ -122,9 +118,8 @@ def _diagnose_page(upstream: str, status: int, page: bytes) -> UpstreamError | N
     return UpstreamError(
         f"the {upstream} upstream answered {status} with an HTML page instead of an API response "
         "(an outage or maintenance page)",
-        kind="protocol",
         status=status if status >= 500 else 502,
-        code="upstream_error_page",
+        code=Code.UPSTREAM_ERROR_PAGE,
     )
 
 

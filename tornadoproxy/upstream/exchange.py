@@ -15,7 +15,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from tornadoproxy.errors import UpstreamError
+from tornadoproxy.errors import Code, UpstreamError
 from tornadoproxy.upstream.curl_errors import CurlFailure
 from tornadoproxy.upstream.egress import EgressProxy
 from tornadoproxy.upstream.transport import WRITE_ERROR, WRITE_PAUSE
@@ -140,7 +140,7 @@ class Exchange:
         name = self.route.name
         self._owner.metrics.count_upstream_error(name, "protocol")
         error = UpstreamError(
-            f"the {name} upstream's compressed answer {problem}", kind="protocol", code="upstream_too_large"
+            f"the {name} upstream's compressed answer {problem}", code=Code.UPSTREAM_TOO_LARGE
         )
         log.warning("the %s upstream's compressed answer was cut: %s", name, problem)
         self._chunks = []

@@ -22,7 +22,7 @@ import pycurl
 from tornado.ioloop import IOLoop
 
 from tornadoproxy.config.schema import FetchConfig
-from tornadoproxy.errors import UpstreamError, egress_proxy_error, upstream_timeout
+from tornadoproxy.errors import Code, UpstreamError, egress_proxy_error, upstream_timeout
 from tornadoproxy.observability.metrics import Metrics
 from tornadoproxy.upstream.curl_errors import CurlFailure, before_upstream, classify_failure
 from tornadoproxy.upstream.egress import EgressProxy
@@ -203,7 +203,7 @@ class Fetcher:
             connect_timeout=self.config.connect_timeout,
             idle_timeout=self.config.idle_timeout,
         )
-        if error.code == "egress_proxy_error":
+        if error.code is Code.EGRESS_PROXY_ERROR:
             self.egress.mark_failed(name, proxy, error.kind)
             log.warning("egress proxy %s failed for the %s upstream (%s)", proxy.label, name, error.kind)
         return error
@@ -212,7 +212,7 @@ class Fetcher:
         """Send the request again if it failed before it could reach the upstream (an egress proxy
         failure, or a refused or timed-out connect): through the next proxy that is up, or the same
         direct route, after a short random delay. True if a retry is on its way."""
-        proxied = error.code == "egress_proxy_error"
+        proxied = error.code is Code.EGRESS_PROXY_ERROR
         connect_failed = exchange.proxy.is_direct and before_upstream(failure, exchange.headers_complete)
         if not (proxied or connect_failed) or not exchange.received_nothing:
             return False
@@ -247,7 +247,7 @@ class Fetcher:
         """The error the client sees once no attempt is left; counted and logged once."""
         name = exchange.route.name
         proxies_failed = [attempt for attempt in exchange.failed_attempts if not attempt[0].is_direct]
-        if proxies_failed and error.code == "egress_proxy_error":
+        if proxies_failed and error.code is Code.EGRESS_PROXY_ERROR:
             error = _all_proxies_failed(
                 name,
                 exchange.failed_attempts,

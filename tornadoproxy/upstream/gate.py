@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 
-from tornadoproxy.errors import GatewayBusy
+from tornadoproxy.errors import Code, GatewayBusy
 from tornadoproxy.observability.metrics import Metrics
 
 
@@ -56,8 +56,4 @@ class Gate:
 
     def _reject(self) -> None:
         self._metrics.gate_rejected.inc()
-        raise GatewayBusy(
-            "the gateway is handling as many upstream requests as it is configured for "
-            "(fetch.max_clients); retry shortly",
-            retry_after=1,
-        )
+        raise GatewayBusy(Code.GATEWAY_BUSY.message, retry_after=1)

@@ -13,7 +13,7 @@ import hmac
 import ipaddress
 from dataclasses import dataclass
 
-from tornadoproxy.errors import GatewayError
+from tornadoproxy.errors import Code, GatewayError
 
 DIGEST_PREFIX = "sha256:"
 
@@ -61,30 +61,18 @@ class AccessPolicy:
         """Raise the gateway error that refuses this client, or return. `needs_key` False: only the
         network is checked (a CORS preflight, which never carries credentials)."""
         if self.networks and not self._address_allowed(client_address):
-            raise GatewayError(
-                "this client address is not allowed to use the gateway (access.allowed_networks)",
-                status=403,
-                code="client_not_allowed",
-            )
+            raise GatewayError.of(Code.CLIENT_NOT_ALLOWED)
         if not self.digests or not needs_key:
             return
         if not presented_key:
-            raise GatewayError(
-                f"this gateway requires a client key in the {self.key_header} header",
-                status=401,
-                code="gateway_key_required",
-            )
+            raise GatewayError.of(Code.GATEWAY_KEY_REQUIRED, header=self.key_header)
         presented = hashlib.sha256(presented_key.encode()).digest()
         # Compare against every digest, without stopping early, so timing says nothing.
         matched = False
         for digest in self.digests:
             matched |= hmac.compare_digest(presented, digest)
         if not matched:
-            raise GatewayError(
-                f"the client key in the {self.key_header} header is not valid",
-                status=401,
-                code="gateway_key_invalid",
-            )
+            raise GatewayError.of(Code.GATEWAY_KEY_INVALID, header=self.key_header)
 
     def _address_allowed(self, address: str) -> bool:
         try:

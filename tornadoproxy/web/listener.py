@@ -19,7 +19,7 @@ from tornado.httpserver import HTTPServer
 from tornado.httputil import HTTPConnection, HTTPMessageDelegate
 from tornado.iostream import IOStream, UnsatisfiableReadError
 
-from tornadoproxy.errors import BadRequest, GatewayError
+from tornadoproxy.errors import BadRequest, Code, GatewayError
 from tornadoproxy.web.framing import StrictHTTP1Connection
 
 _TORNADO_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\n\r\n"
@@ -42,11 +42,7 @@ MALFORMED = _response(
 )
 HEADERS_TOO_LARGE = _response(
     "431 Request Header Fields Too Large",
-    GatewayError(
-        "the request header block is larger than server.max_header_size",
-        status=431,
-        code="headers_too_large",
-    ),
+    GatewayError.of(Code.HEADERS_TOO_LARGE),
 )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from tornadoproxy.errors import GatewayError
+from tornadoproxy.errors import Code, GatewayError
 from tornadoproxy.pool.report import pool_report
 from tornadoproxy.web.accounts_page import render_accounts_page
 from tornadoproxy.web.handlers.base import BaseHandler
@@ -43,12 +43,7 @@ class AccountsHandler(BaseHandler):
             return
         policy = self.services.access
         if not policy.digests:
-            raise GatewayError(
-                "/accounts on the main listener needs a client key, and none is configured "
-                "(access.client_keys); use the ops listener (server.ops_port)",
-                status=403,
-                code="accounts_forbidden",
-            )
+            raise GatewayError.of(Code.ACCOUNTS_FORBIDDEN)
         key = self.request.headers.get(policy.key_header)
         if not key:
             bearer = self.request.headers.get("Authorization", "")

@@ -17,6 +17,7 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from tornadoproxy.errors import (
     BadRequest,
+    Code,
     GatewayBusy,
     GatewayError,
     PayloadTooLarge,
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 RELAY_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 # A refused request with a body up to this size is read before the answer (see prepare()).
 _EARLY_ANSWER_BODY = 64 * 1024
-_TORNADO_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+_TORNADO_CODES = {404: Code.NOT_FOUND, 405: Code.METHOD_NOT_ALLOWED, 400: Code.BAD_REQUEST}
 
 
 @stream_request_body
@@ -131,8 +132,7 @@ class BaseHandler(RequestHandler):
         self.fail(
             GatewayError(
                 f"the request body did not arrive within {timeout:g} s (server.body_timeout)",
-                status=408,
-                code="body_timeout",
+                code=Code.BODY_TIMEOUT,
             )
         )
 
@@ -389,14 +389,13 @@ class BaseHandler(RequestHandler):
                 events = splitter.feed(chunk) if chunk else b""
             except UpstreamError as error:
                 self._write_final_error(error)
-                return "idle_timeout" if error.code == "upstream_timeout" else "upstream_error"
+                return "idle_timeout" if error.code is Code.UPSTREAM_TIMEOUT else "upstream_error"
             except EventTooLarge as error:
                 self.services.metrics.count_upstream_error(exchange.route.name, "protocol")
                 self._write_final_error(
                     UpstreamError(
                         f"the {exchange.route.name} upstream {error} (streams.max_event_size)",
-                        kind="protocol",
-                        code="upstream_bad_stream",
+                        code=Code.UPSTREAM_BAD_STREAM,
                     )
                 )
                 return "upstream_error"
@@ -411,7 +410,7 @@ class BaseHandler(RequestHandler):
         if self.client_gone:
             return "client_gone"
         if exchange.aborted_reason == "shutdown":
-            self._write_final_error(GatewayBusy("the gateway is shutting down", code="shutting_down"))
+            self._write_final_error(GatewayBusy("the gateway is shutting down", code=Code.SHUTTING_DOWN))
             return "shutdown"
         if splitter.pending:
             self.write(splitter.pending)  # the upstream's last bytes, passed on as they are
@@ -453,11 +452,11 @@ def _as_gateway_error(status_code: int, exc_info: Any) -> GatewayError:
     if isinstance(error, GatewayError):
         return error
     if isinstance(error, HTTPError) and error.status_code < 500:
-        code = _TORNADO_CODES.get(error.status_code, "bad_request")
-        message = error.log_message or error.reason or "the request was not accepted"
-        if error.status_code == 405:
-            message = "this method is not supported on this route"
+        code = _TORNADO_CODES.get(error.status_code, Code.BAD_REQUEST)
+        message = error.log_message or error.reason or code.message
+        if code is Code.METHOD_NOT_ALLOWED:
+            message = code.message
         return GatewayError(message, status=error.status_code, code=code)
     if status_code < 500:
         return BadRequest("the request was not accepted", status=status_code)
-    return GatewayError("the gateway failed to handle this request; see its log", status=500)
+    return GatewayError.of(Code.INTERNAL_ERROR)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tornadoproxy.errors import NotFound
+from tornadoproxy.errors import Code, NotFound
 from tornadoproxy.pool.report import readiness_report
 from tornadoproxy.web.handlers.base import BaseHandler
 from tornadoproxy.web.handlers.routing import Route
@@ -56,7 +56,7 @@ class NotFoundHandler(BaseHandler):
 
     def _not_found(self, *_args: str) -> None:
         self.check_request()
-        raise NotFound("no route matches this path; see the README for the routes")
+        raise NotFound.of(Code.NOT_FOUND)
 
     get = post = put = patch = delete = head = _not_found
 
