@@ -265,3 +265,16 @@ def test_custom_profiles_are_derived_and_checked_by_libcurl(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as raised:
         build_routes(load(tmp_path, {"profiles": {"chatgpt": "okhttp", "auth": "chrome"}}))
     assert str(raised.value).startswith("profiles.auth: 'chrome' runs on curl_cffi and profiles.chatgpt")
+
+
+def test_the_restart_only_options_are_those_declared_so() -> None:
+    from tornadoproxy.config.options import restart_only
+    from tornadoproxy.process.runtime import RESTART_ONLY
+
+    declared = restart_only(Config)
+    assert RESTART_ONLY == tuple(declared)
+    assert {"server.port", "server.workers", "fetch.max_clients", "tokens.store", "accounts"} <= set(declared)
+    assert {"egress.proxy", "pool.queue_size", "logins.failure_memory"} <= set(declared)
+    reloadable = {"fetch.idle_timeout", "server.body_timeout", "readiness.interval", "logins.timeout"}
+    assert not reloadable & set(declared)
+    assert "profiles.chatgpt" not in declared and "access.client_keys" not in declared

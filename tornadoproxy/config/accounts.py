@@ -108,43 +108,61 @@ class PoolConfig:
         "requests that may wait for a free account (in each gateway process); past it: 429 "
         "accounts_busy; 0: none waits",
         between(0, 1_000_000),
+        reload=False,
     )
     queue_timeout: float = option(
-        60.0, "seconds a request may wait for a free account before 429 accounts_busy", non_negative
+        60.0,
+        "seconds a request may wait for a free account before 429 accounts_busy",
+        non_negative,
+        reload=False,
     )
     attempts: int = option(
-        3, "accounts tried for one request before its first byte (never the same one twice)", between(1, 64)
+        3,
+        "accounts tried for one request before its first byte (never the same one twice)",
+        between(1, 64),
+        reload=False,
     )
     slot_lease: float = option(
         30.0,
         "with tokens.store redis: seconds after which a slot taken by a gateway process that stopped "
         "renewing it (crashed) is free again",
         between(2, 3600),
+        reload=False,
     )
     cooldown_base: float = option(
         30.0,
         "seconds an account cools down after an upstream 429 without clears_in, a challenge, block or "
         "'unusual activity', or a failed connection; doubled at each such failure in a row",
         between(0.1, 86400),
+        reload=False,
     )
-    cooldown_cap: float = option(1800.0, "the longest of those cool-downs, in seconds", between(0.1, 604800))
+    cooldown_cap: float = option(
+        1800.0, "the longest of those cool-downs, in seconds", between(0.1, 604800), reload=False
+    )
     refresh_margin: float = option(
         3600.0,
         "password accounts log in again this many seconds before their accessToken expires (at the "
         "latest halfway through the token's life)",
         non_negative,
+        reload=False,
     )
     login_backoff: float = option(
         10.0,
         "seconds before a failed background login of an account is tried again (it cools down "
         "meanwhile); doubled at each failure in a row",
         between(0.1, 86400),
+        reload=False,
     )
     login_backoff_cap: float = option(
-        1800.0, "the longest wait between two failed background logins, in seconds", between(0.1, 604800)
+        1800.0,
+        "the longest wait between two failed background logins, in seconds",
+        between(0.1, 604800),
+        reload=False,
     )
     redis_prefix: str = option(
-        "tornadoproxy:pool:", "prefix of every Redis key of the shared pool (tokens.store redis)"
+        "tornadoproxy:pool:",
+        "prefix of every Redis key of the shared pool (tokens.store redis)",
+        reload=False,
     )
 
 

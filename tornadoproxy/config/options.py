@@ -1,6 +1,7 @@
 """Declaring configuration options and building frozen dataclasses from parsed YAML.
 
-Generic: `option()` declares a field with its default, help text and value check; `build()` checks a
+Generic: `option()` declares a field with its default, help text, value check and reloadability
+(`restart_only()` lists what a reload cannot apply); `build()` checks a
 mapping against a dataclass's declarations and fails with a `ConfigError` naming the key path;
 `describe()` lists every option for the docs. A list of records (`tuple[SomeConfig, ...]`) is built
 record by record; a record class may define `record_problem()` to check its fields together, and a
@@ -31,12 +32,16 @@ Problem = str | tuple[str, str] | None
 Check = Callable[[Any], Problem]
 
 
-def option(default: Any, help: str, check: Check | None = None, secret: bool = False) -> Any:
-    """Declare one option: its default, its help text (the docs) and an optional value check.
-    A `secret` option's value is never echoed in a ConfigError (proxy URLs carry passwords)."""
+def option(
+    default: Any, help: str, check: Check | None = None, secret: bool = False, reload: bool = True
+) -> Any:
+    """Declare one option: its default, its help text (the docs), an optional value check, and
+    whether a reload (SIGHUP) applies it (`reload=False`: its component is built once at start-up, so
+    a change waits for a restart). A `secret` option's value is never echoed in a ConfigError (proxy
+    URLs carry passwords)."""
     if isinstance(default, (list, dict)):
         raise TypeError("use tuples or default factories for mutable defaults")
-    metadata = {"help": help, "check": check, "secret": secret}
+    metadata = {"help": help, "check": check, "secret": secret, "reload": reload}
     if isinstance(default, types.MappingProxyType):  # read-only, but unhashable: dataclasses want a factory
         return field(default_factory=lambda: default, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -211,6 +216,19 @@ def describe(cls: type, path: str = "") -> list[tuple[str, Any, str]]:
         else:
             rows.append((key_path, getattr(defaults, spec.name), spec.metadata["help"]))
     return rows
+
+
+def restart_only(cls: type, path: str = "") -> list[str]:
+    """The key path of every option declared `reload=False`, in declaration order."""
+    found: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for spec in dataclasses.fields(cls):
+        key_path = _join(path, spec.name)
+        if dataclasses.is_dataclass(hints[spec.name]):
+            found.extend(restart_only(hints[spec.name], key_path))
+        elif not spec.metadata.get("reload", True):
+            found.append(key_path)
+    return found
 
 
 def record_type(hint: Any) -> type | None:

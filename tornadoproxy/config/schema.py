@@ -46,8 +46,10 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    host: str = option("0.0.0.0", "address to listen on")
-    port: int = option(8080, "port to listen on (env GO_CHATGPT_API_PORT or PORT wins)", between(1, 65535))
+    host: str = option("0.0.0.0", "address to listen on", reload=False)
+    port: int = option(
+        8080, "port to listen on (env GO_CHATGPT_API_PORT or PORT wins)", between(1, 65535), reload=False
+    )
     max_body_size: int = option(100 * MIB, "largest request body in bytes; larger requests get 413", positive)
     max_header_size: int = option(
         64 * 1024, "largest request header block in bytes", between(1024, 1024 * 1024)
@@ -68,8 +70,9 @@ class ServerConfig:
         "a second listener serving only /healthz, /readyz and /metrics, without access checks (for "
         "Prometheus and orchestrators on a private interface); 0 for none",
         between(0, 65535),
+        reload=False,
     )
-    ops_host: str = option("127.0.0.1", "address of the ops listener")
+    ops_host: str = option("127.0.0.1", "address of the ops listener", reload=False)
     drain_timeout: float = option(
         30.0,
         "on SIGTERM, seconds open requests and streams may take to finish before they are ended",
@@ -87,12 +90,14 @@ class ServerConfig:
         "that dies and passes SIGTERM and SIGHUP on to every worker; more than 1 needs tokens.store memory "
         "or redis (redis when accounts are configured: the workers share the pool through it)",
         between(1, 64),
+        reload=False,
     )
     metrics_dir: str = option(
         "",
         "with workers > 1: the directory in which the parent creates the fresh, private directory of "
         "the metric files every worker writes (removed at exit); empty: the system temp directory",
         existing_directory,
+        reload=False,
     )
 
 
@@ -132,6 +137,7 @@ def _override(upstream: str) -> Any:
         "'direct': no proxy",
         proxy_list_problem,
         secret=True,
+        reload=False,
     )
 
 
@@ -144,6 +150,7 @@ class EgressConfig:
         "list of them tried in order; empty or 'direct' for none (env GO_CHATGPT_API_PROXY or PROXY wins)",
         proxy_list_problem,
         secret=True,
+        reload=False,
     )
     chatgpt: ProxySetting = _override("ChatGPT backend (upstreams.chatgpt)")
     auth: ProxySetting = _override("login hosts (upstreams.auth and upstreams.platform_web)")
@@ -153,6 +160,7 @@ class EgressConfig:
         "seconds a proxy that failed (refused, timed out, rejected the credentials, could not reach the "
         "upstream, or was marked for a challenge page) is skipped while another proxy of its list is up",
         between(0.1, 86400),
+        reload=False,
     )
 
 
@@ -207,6 +215,7 @@ class FetchConfig:
         10000,
         "upstream requests in flight at once (streams included); the gate in front answers 503",
         between(1, 1_000_000),
+        reload=False,
     )
     queue_timeout: float = option(
         1.0, "seconds a request may wait for a free upstream slot before 503", non_negative
@@ -269,19 +278,26 @@ class LoginsConfig:
         "failed logins per username within logins.username_window before 429 (0: no limit); "
         "cache hits and joins of a login in flight never count",
         non_negative,
+        reload=False,
     )
-    username_window: float = option(900.0, "seconds over which failures per username count", positive)
+    username_window: float = option(
+        900.0, "seconds over which failures per username count", positive, reload=False
+    )
     max_failures_per_address: int = option(
         30,
         "failed logins per client address within logins.address_window before 429 (0: no limit)",
         non_negative,
+        reload=False,
     )
-    address_window: float = option(60.0, "seconds over which failures per address count", positive)
+    address_window: float = option(
+        60.0, "seconds over which failures per address count", positive, reload=False
+    )
     failure_memory: float = option(
         60.0,
         "seconds a failed login (wrong password, MFA, blocked account) is answered again from memory "
         "for the same username and password, without reaching the upstream (0: off)",
         non_negative,
+        reload=False,
     )
 
 
@@ -291,34 +307,51 @@ class TokensConfig:
         "memory",
         "where cached logins live: memory (this process), file (memory, persisted to tokens.file) "
         "or redis (shared by every gateway using tokens.redis_url)",
+        reload=False,
     )
-    file: str = option("", "the persistence file for store: file (written atomically, mode 0600)")
+    file: str = option(
+        "", "the persistence file for store: file (written atomically, mode 0600)", reload=False
+    )
     redis_url: str = option(
-        "", "redis://[:password@]host:port/db (or rediss://, unix://) for store: redis", redis_url
+        "",
+        "redis://[:password@]host:port/db (or rediss://, unix://) for store: redis",
+        redis_url,
+        reload=False,
     )
-    redis_prefix: str = option("tornadoproxy:tokens:", "prefix of every Redis key the cache writes")
+    redis_prefix: str = option(
+        "tornadoproxy:tokens:", "prefix of every Redis key the cache writes", reload=False
+    )
     secret: str = option(
         "",
         "key of the HMAC that turns usernames into cache keys; empty: generated once and kept in the "
         "persistence file or in Redis (set it to keep usernames unguessable from the file or Redis)",
+        reload=False,
     )
     expiry_margin: float = option(
         3600.0,
         "an accessToken is served from cache until its own expiry (JWT exp, session expires) minus "
         "this many seconds",
         non_negative,
+        reload=False,
     )
     session_key_ttl: float = option(
-        86400.0, "seconds a platform sessionKey (which carries no expiry) is served from cache", positive
+        86400.0,
+        "seconds a platform sessionKey (which carries no expiry) is served from cache",
+        positive,
+        reload=False,
     )
     max_entries: int = option(
-        10000, "cached logins held in memory; the least recently used go first", between(1, 10_000_000)
+        10000,
+        "cached logins held in memory; the least recently used go first",
+        between(1, 10_000_000),
+        reload=False,
     )
     kdf_cost: int = option(
         15,
         "scrypt cost (log2 N, r=8, p=1) of the key that seals each cached token with its password; "
         "15 takes about 0.1 s and 32 MiB",
         between(10, 20),
+        reload=False,
     )
 
 
@@ -364,6 +397,7 @@ class Config:
         (),
         "the account pool (README: Account pool): ChatGPT web accounts the gateway logs in and shares",
         distinct_account_names,
+        reload=False,
     )
     pool: PoolConfig = section(
         PoolConfig, "how requests share the accounts: queue, cool-downs, token refresh"

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 from tornado.httpserver import HTTPServer
 
+from tornadoproxy.config.options import restart_only
 from tornadoproxy.config.schema import Config, ConfigError
 from tornadoproxy.observability.logs import configure_logging
 from tornadoproxy.upstream.request import UpstreamRoute
@@ -22,26 +23,10 @@ from tornadoproxy.web.services import Services
 
 log = logging.getLogger(__name__)
 
-# Settings whose components are built once at start-up ("tokens", "accounts" and "pool" stand for
-# their whole sections: an account is invalid until the configuration changes and the gateway restarts).
-RESTART_ONLY = (
-    "server.host",
-    "server.port",
-    "server.ops_host",
-    "server.ops_port",
-    "server.workers",
-    "server.metrics_dir",
-    "fetch.max_clients",
-    "egress",
-    "tokens",
-    "logins.max_failures_per_username",
-    "logins.username_window",
-    "logins.max_failures_per_address",
-    "logins.address_window",
-    "logins.failure_memory",
-    "accounts",
-    "pool",
-)
+# Options whose components are built once at start-up (declared `reload=False` beside each option):
+# a change is logged and waits for the next restart. An account is invalid until the configuration
+# changes and the gateway restarts.
+RESTART_ONLY = tuple(restart_only(Config))
 
 Loader = Callable[[], tuple[Config, dict[str, UpstreamRoute], frozenset[str]]]
 
@@ -70,19 +55,25 @@ class Runtime:
         for key in RESTART_ONLY:
             if _value(old, key) != _value(config, key):
                 log.warning("%s changed: this takes effect at the next restart", key)
-        configure_logging(config.logging, secrets, self.services.lifecycle.worker)
-        self.services.access_log.configure(config.logging, secrets, self.services.lifecycle.worker)
-        self.services.config = config
-        self.services.access = access_policy(config)
-        self.services.body_deadlines.timeout = config.server.body_timeout
-        self.services.fetcher.reconfigure(config.fetch, routes)
-        self.services.readiness.reconfigure(config.readiness, config.upstreams.by_name())
-        self.services.logins.reconfigure(config.logins, config.upstreams)
-        for server in self.servers:
-            _update_connection_limits(server, config)
+        self._reconfigure(config, routes, secrets)
         self.services.metrics.count_reload(ok=True)
         log.info("configuration reloaded")
         return True
+
+    def _reconfigure(self, config: Config, routes: dict[str, UpstreamRoute], secrets: frozenset[str]) -> None:
+        """Hand each component its slice of the new configuration (its one `reconfigure()`); the
+        options declared `reload=False` are not among what they apply."""
+        services, worker = self.services, self.services.lifecycle.worker
+        configure_logging(config.logging, secrets, worker)
+        services.access_log.configure(config.logging, secrets, worker)
+        services.config = config
+        services.access = access_policy(config)
+        services.body_deadlines.reconfigure(config.server.body_timeout)
+        services.fetcher.reconfigure(config.fetch, routes)
+        services.readiness.reconfigure(config.readiness, config.upstreams.by_name())
+        services.logins.reconfigure(config.logins, config.upstreams)
+        for server in self.servers:
+            _update_connection_limits(server, config)
 
     async def drain(self) -> None:
         """Stop accepting, let requests finish until server.drain_timeout, then end what remains."""

@@ -67,9 +67,13 @@ class BodyDeadlines:
     """The requests still receiving a body and when each began; built once by the composition root."""
 
     def __init__(self, timeout: float) -> None:
-        self.timeout = timeout  # replaced on reload; the sweep reads it each time
+        self.timeout = timeout  # the sweep reads it each time
         self._started: dict[Receiving, float] = {}
         self._sweeping: object | None = None  # the IOLoop timeout handle while requests are watched
+
+    def reconfigure(self, timeout: float) -> None:
+        """server.body_timeout after a reload: bodies still arriving are timed by the new value."""
+        self.timeout = timeout
 
     def watch(self, request: Receiving) -> None:
         """Start `request`'s clock: its body must be complete within `timeout` seconds."""
