@@ -41,10 +41,8 @@ from tornadoproxy.auth.tokens import TokenCache
 from tornadoproxy.observability.metrics import Metrics
 from tornadoproxy.observability.sharedmetrics import prepare_process
 from tornadoproxy.pool.pool import AccountPool
-from tornadoproxy.process.server import build_pool
+from tornadoproxy.process.server import build_pool, build_upstream_side
 from tornadoproxy.process.wiring import build_store, load
-from tornadoproxy.upstream.egress_pool import EgressPools
-from tornadoproxy.upstream.fetcher import Fetcher
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjQxMDI0NDQ4MDB9.YmVuY2g"  # exp: year 2100
 
@@ -68,9 +66,9 @@ def config_file(directory: Path, redis_url: str | None, name: str) -> Path:
 async def pool_from(path: Path) -> AsyncIterator[AccountPool]:
     config, routes, _ = load(str(path), {})
     metrics = Metrics(CollectorRegistry(), tuple(routes))
-    egress = EgressPools({n: r.proxies for n, r in routes.items()}, config.egress.cooldown, metrics)
-    fetcher = Fetcher(config.fetch, routes, metrics, egress)
-    logins = Logins(config.logins, config.upstreams, fetcher, metrics)
+    upstream = build_upstream_side(config, routes, metrics)
+    egress, fetcher = upstream.egress, upstream.fetcher
+    logins = Logins(config.logins, config.upstreams, upstream.relay, metrics)
     tokens = TokenCache(config.tokens, config.logins, build_store(config, metrics), metrics)
     pool = build_pool(config, metrics, egress, logins, tokens)
     assert pool is not None

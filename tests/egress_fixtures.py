@@ -1,7 +1,7 @@
 """Shared by the egress tests: module-wide real proxies, and requests sent with an in-process Fetcher.
 
 The gateway's relay routes reach only the Platform upstream so far, so the other upstreams (ChatGPT,
-auth, platform web: logins and probes) are exercised through the same `Fetcher.fetch()` the gateway
+auth, platform web: logins and probes) are exercised through the same `Relay.fetch()` the gateway
 uses, built by the composition root's own `build_routes` from a config file: real libcurl, real
 proxies, real simulator.
 """
@@ -33,10 +33,9 @@ from tests.secrets_used import PROXY_PASSWORD
 from tornadoproxy.config.schema import load_config
 from tornadoproxy.errors import UpstreamError
 from tornadoproxy.observability.metrics import Metrics
+from tornadoproxy.process.server import build_upstream_side
 from tornadoproxy.process.wiring import build_routes
 from tornadoproxy.upstream.egress import EgressProxy
-from tornadoproxy.upstream.egress_pool import EgressPools
-from tornadoproxy.upstream.fetcher import Fetcher
 from tornadoproxy.upstream.request import UpstreamRequest
 
 SOCKS_USER = "us@r:1"
@@ -93,7 +92,7 @@ def fetch_through(
     body: bytes | None = None,
     headers: Sequence[tuple[str, str]] = (("Authorization", "Bearer egress-test"),),
 ) -> tuple[list[Outcome], str]:
-    """Send GET `path` (POST `body`, if given) to each (upstream, path) in turn with a Fetcher built
+    """Send GET `path` (POST `body`, if given) to each (upstream, path) in turn with a relay built
     from the config; return the outcomes and the metrics exposition."""
     path = tmp_path / "fetch-config.yaml"
     path.write_text(yaml.safe_dump(deep_merge(base_config(sim), extra)))
@@ -103,23 +102,22 @@ def fetch_through(
 
     async def run() -> list[Outcome]:
         metrics = Metrics(registry, tuple(routes))
-        pools = EgressPools({n: r.proxies for n, r in routes.items()}, config.egress.cooldown, metrics)
-        fetcher = Fetcher(config.fetch, routes, metrics, pools)
+        upstream = build_upstream_side(config, routes, metrics)
         outcomes = []
         try:
-            for upstream, target in calls:
-                url = getattr(config.upstreams, upstream) + target
+            for name, target in calls:
+                url = getattr(config.upstreams, name) + target
                 method = "GET" if body is None else "POST"
-                request = UpstreamRequest(upstream, method, url, list(headers), body)
+                request = UpstreamRequest(name, method, url, list(headers), body)
                 started = time.monotonic()
                 try:
-                    exchange, answer = await fetcher.fetch(request)
+                    answer = await upstream.relay.fetch(request)
                     seconds = time.monotonic() - started
-                    outcomes.append(Outcome(upstream, exchange.status, answer, None, seconds, exchange.proxy))
+                    outcomes.append(Outcome(name, answer.status, answer.body, None, seconds, answer.proxy))
                 except UpstreamError as error:
-                    outcomes.append(Outcome(upstream, 0, b"", error, time.monotonic() - started, None))
+                    outcomes.append(Outcome(name, 0, b"", error, time.monotonic() - started, None))
         finally:
-            fetcher.close()
+            upstream.fetcher.close()
         return outcomes
 
     outcomes = asyncio.run(run())

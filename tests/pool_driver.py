@@ -26,10 +26,8 @@ from tornadoproxy.pool.lease import Lease
 from tornadoproxy.pool.outcome import Outcome
 from tornadoproxy.pool.pool import AccountPool
 from tornadoproxy.pool.report import pool_report
-from tornadoproxy.process.server import build_pool
+from tornadoproxy.process.server import build_pool, build_upstream_side
 from tornadoproxy.process.wiring import build_store, load
-from tornadoproxy.upstream.egress_pool import EgressPools
-from tornadoproxy.upstream.fetcher import Fetcher
 
 
 class Driven(RequestHandler):
@@ -82,9 +80,9 @@ async def main(config_path: str, port: int) -> None:
     prepare_process(None)
     config, routes, _ = load(config_path, {})
     metrics = Metrics(CollectorRegistry(), tuple(routes))
-    egress = EgressPools({n: r.proxies for n, r in routes.items()}, config.egress.cooldown, metrics)
-    fetcher = Fetcher(config.fetch, routes, metrics, egress)
-    logins = Logins(config.logins, config.upstreams, fetcher, metrics)
+    upstream = build_upstream_side(config, routes, metrics)
+    egress = upstream.egress
+    logins = Logins(config.logins, config.upstreams, upstream.relay, metrics)
     tokens = TokenCache(config.tokens, config.logins, build_store(config, metrics), metrics)
     pool = build_pool(config, metrics, egress, logins, tokens)
     assert pool is not None

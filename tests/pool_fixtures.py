@@ -27,10 +27,9 @@ from tornadoproxy.auth.tokens import TokenCache
 from tornadoproxy.config.schema import Config
 from tornadoproxy.observability.metrics import Metrics
 from tornadoproxy.pool.pool import AccountPool
-from tornadoproxy.process.server import build_pool
+from tornadoproxy.process.server import build_pool, build_upstream_side
 from tornadoproxy.process.wiring import build_store, load
-from tornadoproxy.upstream.egress_pool import EgressPools
-from tornadoproxy.upstream.fetcher import Fetcher
+from tornadoproxy.relay.service import Relay
 
 
 def jwt(ttl: float = 3600 * 24 * 365, **claims: Any) -> str:
@@ -50,7 +49,7 @@ def fixed_accounts(count: int, **extra: Any) -> list[dict[str, Any]]:
 @dataclass
 class Running:
     pool: AccountPool
-    fetcher: Fetcher
+    relay: Relay
     config: Config
     registry: CollectorRegistry
 
@@ -71,19 +70,19 @@ def write_config(sim: Simulator, tmp_path: Path, extra: dict[str, Any], name: st
 async def running_pool(
     sim: Simulator, tmp_path: Path, extra: dict[str, Any], name: str = "pool.yaml"
 ) -> AsyncIterator[Running]:
-    """A started pool (its background logins under way) and the fetcher it shares with logins."""
+    """A started pool (its background logins under way) and the relay it shares with logins."""
     config, routes, _ = load(str(write_config(sim, tmp_path, extra, name)), {})
     registry = CollectorRegistry()
     metrics = Metrics(registry, tuple(routes))
-    egress = EgressPools({n: r.proxies for n, r in routes.items()}, config.egress.cooldown, metrics)
-    fetcher = Fetcher(config.fetch, routes, metrics, egress)
-    logins = Logins(config.logins, config.upstreams, fetcher, metrics)
+    upstream = build_upstream_side(config, routes, metrics)
+    egress, fetcher = upstream.egress, upstream.fetcher
+    logins = Logins(config.logins, config.upstreams, upstream.relay, metrics)
     tokens = TokenCache(config.tokens, config.logins, build_store(config, metrics), metrics)
     pool = build_pool(config, metrics, egress, logins, tokens)
     assert pool is not None
     pool.start()
     try:
-        yield Running(pool, fetcher, config, registry)
+        yield Running(pool, upstream.relay, config, registry)
     finally:
         await pool.close()
         await tokens.close()

@@ -34,9 +34,9 @@ async def send_as(running: Running, lease: Lease) -> dict[str, Any]:
     url = running.config.upstreams.chatgpt + "/backend-api/models"
     headers = [("Authorization", lease.authorization), ("Oai-Device-Id", lease.device_id)]
     request = UpstreamRequest("chatgpt", "GET", url, headers, proxy=lease.proxy, profile=lease.profile)
-    exchange, _ = await running.fetcher.fetch(request)
-    assert exchange.status == 200
-    return {"proxy": exchange.proxy}
+    answer = await running.relay.fetch(request)
+    assert answer.status == 200
+    return {"proxy": answer.proxy}
 
 
 def test_accounts_keep_their_egress_for_logins_and_answers(

@@ -1,4 +1,4 @@
-"""The two login flows of docs/logins.md, step by step through the fetcher.
+"""The two login flows of docs/logins.md, step by step through the relay (`Relay.fetch`).
 
 Each login has a fresh cookie jar (libcurl's engine, `fetcher.CookieJar`) and follows redirects itself:
 a Location is resolved against the URL that answered and followed only to a configured upstream host.
@@ -24,10 +24,9 @@ from tornadoproxy.auth.pages import element_text, hidden_inputs, upstream_text
 from tornadoproxy.config.schema import LoginsConfig, UpstreamsConfig
 from tornadoproxy.errors import Code, LoginError, UpstreamError
 from tornadoproxy.observability.metrics import Metrics
+from tornadoproxy.relay.service import Answer, Relay
 from tornadoproxy.upstream.diagnosis import page_kind
 from tornadoproxy.upstream.egress import EgressProxy
-from tornadoproxy.upstream.exchange import Exchange
-from tornadoproxy.upstream.fetcher import Fetcher
 from tornadoproxy.upstream.profiles import ClientProfile
 from tornadoproxy.upstream.request import CookieJar, UpstreamRequest
 
@@ -80,9 +79,9 @@ class Logins:
     """Runs login flows; built once by the composition root."""
 
     def __init__(
-        self, config: LoginsConfig, upstreams: UpstreamsConfig, fetcher: Fetcher, metrics: Metrics
+        self, config: LoginsConfig, upstreams: UpstreamsConfig, relay: Relay, metrics: Metrics
     ) -> None:
-        self._fetcher = fetcher
+        self.relay = relay
         self._metrics = metrics
         self.reconfigure(config, upstreams)
 
@@ -100,6 +99,10 @@ class Logins:
                 ("auth", upstreams.auth),
             )
         }
+
+    def upstream_of(self, url: str) -> str | None:
+        """The configured upstream that `url` belongs to, or None (never followed)."""
+        return self._origins.get(_origin(url))
 
     async def login(
         self,
@@ -250,7 +253,7 @@ class _Browser:
         self._proxy, self._profile = pins
 
     def upstream_of(self, url: str) -> str | None:
-        return self._logins._origins.get(_origin(url))
+        return self._logins.upstream_of(url)
 
     async def send(
         self,
@@ -278,7 +281,7 @@ class _Browser:
             upstream, method, url, extra, body, cookies=self._jar, proxy=self._proxy, profile=self._profile
         )
         try:
-            exchange, content = await self._logins._fetcher.fetch(request)
+            answer = await self._logins.relay.fetch(request)
         except UpstreamError as error:
             if tolerate:
                 return _Page(step, url, 0, [], b"")
@@ -289,8 +292,8 @@ class _Browser:
                 code=error.code,
                 retry_after=error.retry_after,
             ) from None
-        page = _Page(step, url, exchange.status, list(exchange.headers), content)
-        self._diagnose(page, upstream, exchange)
+        page = _Page(step, url, answer.status, answer.headers, answer.body)
+        self._diagnose(page, answer)
         if page.status == 429 and not tolerate:
             raise self._rate_limited(page)
         return page
@@ -370,13 +373,13 @@ class _Browser:
         # filter reads as a password=value pair.
         return f"the {self.flow} stopped at the '{step}' step: "
 
-    def _diagnose(self, page: _Page, upstream: str, exchange: Exchange) -> None:
+    def _diagnose(self, page: _Page, answer: Answer) -> None:
         kind = login_page_kind(page)
         if kind is None:
             return
-        self._logins._metrics.count_upstream_error(upstream, kind)
-        # The next login (or relay) to this host leaves through another egress proxy, if there is one.
-        self._logins._fetcher.egress.mark_failed(upstream, exchange.proxy, kind)
+        upstream = answer.upstream
+        # Counted; the next login (or relay) to this host leaves through another egress proxy.
+        self._logins.relay.unusable(upstream, answer.proxy, kind)
         what = "a Cloudflare challenge page" if kind == "challenge" else "a block page"
         raise UpstreamError(
             self._where(page.step) + f"the {upstream} upstream answered {page.status} with {what}; use "

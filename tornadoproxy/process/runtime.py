@@ -17,6 +17,7 @@ from tornado.httpserver import HTTPServer
 from tornadoproxy.config.options import restart_only
 from tornadoproxy.config.schema import Config, ConfigError
 from tornadoproxy.observability.logs import configure_logging
+from tornadoproxy.upstream.fetcher import Fetcher
 from tornadoproxy.upstream.request import UpstreamRoute
 from tornadoproxy.web.access import AccessPolicy
 from tornadoproxy.web.services import Services
@@ -38,8 +39,11 @@ def access_policy(config: Config) -> AccessPolicy:
 
 
 class Runtime:
-    def __init__(self, services: Services, servers: Sequence[HTTPServer], load: Loader) -> None:
+    def __init__(
+        self, services: Services, fetcher: Fetcher, servers: Sequence[HTTPServer], load: Loader
+    ) -> None:
         self.services = services
+        self.fetcher = fetcher
         self.servers = servers
         self._load = load
 
@@ -69,7 +73,8 @@ class Runtime:
         services.config = config
         services.access = access_policy(config)
         services.body_deadlines.reconfigure(config.server.body_timeout)
-        services.fetcher.reconfigure(config.fetch, routes)
+        self.fetcher.reconfigure(config.fetch, routes)
+        services.relay.reconfigure(config.fetch, config.streams)
         services.readiness.reconfigure(config.readiness, config.upstreams.by_name())
         services.logins.reconfigure(config.logins, config.upstreams)
         for server in self.servers:
@@ -82,13 +87,14 @@ class Runtime:
         for server in self.servers:
             server.stop()
         deadline = time.monotonic() + services.config.server.drain_timeout
-        log.info("draining %d upstream requests", services.fetcher.in_flight)
-        await _wait_until(lambda: services.fetcher.in_flight == 0, deadline)
-        if services.fetcher.in_flight:
-            log.info("ending %d requests still open at the drain deadline", services.fetcher.in_flight)
-            services.fetcher.abort_all("shutdown")
+        fetcher = self.fetcher
+        log.info("draining %d upstream requests", fetcher.in_flight)
+        await _wait_until(lambda: fetcher.in_flight == 0, deadline)
+        if fetcher.in_flight:
+            log.info("ending %d requests still open at the drain deadline", fetcher.in_flight)
+            fetcher.abort_all("shutdown")
         # Ended streams write their final error event; the connections close once those are out.
-        await _wait_until(lambda: services.lifecycle.relays == 0, time.monotonic() + 3)
+        await _wait_until(lambda: services.relay.active == 0, time.monotonic() + 3)
         for server in self.servers:
             await server.close_all_connections()
 

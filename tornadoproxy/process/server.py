@@ -18,6 +18,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 from tornado.ioloop import PeriodicCallback
@@ -38,10 +39,11 @@ from tornadoproxy.process.runtime import Loader, Runtime, access_policy, connect
 from tornadoproxy.process.wiring import account_profiles, build_store, load
 from tornadoproxy.process.workers import Loaded, Supervisor
 from tornadoproxy.relay.readiness import Readiness
+from tornadoproxy.relay.service import ForgetToken, Relay
 from tornadoproxy.upstream.curl_client import libcurl_version
 from tornadoproxy.upstream.egress import EgressProxy
 from tornadoproxy.upstream.egress_pool import EgressPools
-from tornadoproxy.upstream.fetcher import Fetcher
+from tornadoproxy.upstream.fetcher import Fetcher, transports_for
 from tornadoproxy.upstream.request import UpstreamRoute
 from tornadoproxy.web.app import make_app, make_ops_app
 from tornadoproxy.web.body_intake import BodyDeadlines
@@ -180,20 +182,18 @@ async def serve(
     """Serve in this process until SIGTERM or SIGINT (the only process, or worker `worker` of several,
     whose metrics then go to `shared_dir`)."""
     metrics = Metrics(CollectorRegistry(), tuple(routes), shared_dir, libcurl_version())
-    proxies = {name: route.proxies for name, route in routes.items()}
-    pools = EgressPools(proxies, config.egress.cooldown, metrics)
-    fetcher = Fetcher(config.fetch, routes, metrics, pools)
-    readiness = Readiness(config.readiness, config.upstreams.by_name(), fetcher, metrics)
-    logins = Logins(config.logins, config.upstreams, fetcher, metrics)
     tokens = TokenCache(config.tokens, config.logins, build_store(config, metrics), metrics)
-    pool = build_pool(config, metrics, pools, logins, tokens)
+    upstream = build_upstream_side(config, routes, metrics, tokens.forget_token)
+    readiness = Readiness(config.readiness, config.upstreams.by_name(), upstream.relay, metrics)
+    logins = Logins(config.logins, config.upstreams, upstream.relay, metrics)
+    pool = build_pool(config, metrics, upstream.egress, logins, tokens)
     lifecycle = Lifecycle(worker=worker)
     access_log = AccessLog()
     access_log.configure(config.logging, secrets, worker)
     services = Services(
         config,
         access_policy(config),
-        fetcher,
+        upstream.relay,
         metrics,
         readiness,
         logins,
@@ -206,7 +206,7 @@ async def serve(
     servers = [_listen(make_app(services), sockets, config, metrics)]
     if ops_sockets:
         servers.append(_listen(make_ops_app(services), ops_sockets, config, metrics))
-    runtime = Runtime(services, servers, reload)
+    runtime = Runtime(services, upstream.fetcher, servers, reload)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -234,8 +234,33 @@ async def serve(
         await pool.close()
     services.body_deadlines.stop()
     await tokens.close()  # the persistence file gets its last write here
-    fetcher.close()
+    upstream.fetcher.close()
     log.info("stopped")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSide:
+    """What reaches the upstreams: the egress proxies' health, the fetcher (with its transports)
+    and the relay in front of it."""
+
+    egress: EgressPools
+    fetcher: Fetcher
+    relay: Relay
+
+
+def build_upstream_side(
+    config: Config,
+    routes: dict[str, UpstreamRoute],
+    metrics: Metrics,
+    forget_token: ForgetToken | None = None,
+) -> UpstreamSide:
+    """The egress pools, the fetcher on its transports (one per client profile) and the relay;
+    `forget_token` is the token cache's (a 401 evicts what it issued)."""
+    proxies = {name: route.proxies for name, route in routes.items()}
+    egress = EgressPools(proxies, config.egress.cooldown, metrics)
+    fetcher = Fetcher(config.fetch, routes, metrics, egress, transports_for(config.fetch))
+    relay = Relay(fetcher, metrics, config.fetch, config.streams, forget_token)
+    return UpstreamSide(egress, fetcher, relay)
 
 
 def build_pool(

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from tornadoproxy.config.schema import ReadinessConfig
 from tornadoproxy.errors import Code, UpstreamError
 from tornadoproxy.observability.metrics import UPSTREAM_STATES, Metrics
+from tornadoproxy.relay.service import Relay
 from tornadoproxy.upstream.diagnosis import diagnose
-from tornadoproxy.upstream.fetcher import Fetcher
 from tornadoproxy.upstream.request import UpstreamRequest
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,11 @@ class Readiness:
     """Runs the probes in the background and keeps the last result per upstream."""
 
     def __init__(
-        self, config: ReadinessConfig, urls: Mapping[str, str], fetcher: Fetcher, metrics: Metrics
+        self, config: ReadinessConfig, urls: Mapping[str, str], relay: Relay, metrics: Metrics
     ) -> None:
         self._config = config
         self._urls = dict(urls)
-        self._fetcher = fetcher
+        self._relay = relay
         self._metrics = metrics
         self._results = {name: ProbeResult("pending", "not probed yet") for name in self._urls}
         self._task: asyncio.Task[None] | None = None
@@ -117,18 +117,18 @@ class Readiness:
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._config.timeout):  # no extra task (see logins.login)
-                exchange, body = await self._fetcher.fetch(request, gated=False)
+                answer = await self._relay.fetch(request, gated=False)
         except TimeoutError:
             return self._result("unreachable", f"no answer within {self._config.timeout:g} s", None, started)
         except UpstreamError as error:
             return self._result("unreachable", error.message, None, started)
-        problem = diagnose(name, exchange.status, exchange.headers, body)
+        problem = diagnose(name, answer.status, answer.headers, answer.body)
         if problem is not None and problem.code in (Code.UPSTREAM_CHALLENGE, Code.UPSTREAM_BLOCKED):
             state = "challenged" if problem.code is Code.UPSTREAM_CHALLENGE else "blocked"
-            return self._result(state, problem.message, exchange.status, started)
-        if exchange.status >= 500:
-            return self._result("unreachable", f"answered {exchange.status}", exchange.status, started)
-        return self._result("reachable", f"answered {exchange.status}", exchange.status, started)
+            return self._result(state, problem.message, answer.status, started)
+        if answer.status >= 500:
+            return self._result("unreachable", f"answered {answer.status}", answer.status, started)
+        return self._result("reachable", f"answered {answer.status}", answer.status, started)
 
     @staticmethod
     def _result(state: str, detail: str, status: int | None, started: float) -> ProbeResult:

@@ -1,12 +1,13 @@
 """The one upstream HTTP client: libcurl through the engine of each route's profile, behind a bounded gate.
 
 `Fetcher.open()` starts a request and returns an `Exchange` (exchange.py) whose status and headers
-arrive before its body. The request becomes an engine-neutral `Transfer` (transport.py): every
-option the gateway owns besides the profile's, on every request, because handles are reused; the
-profile's transport (engines.py) adds its own. This is the only module that turns curl failures
-into `UpstreamError`s (with the table in curl_errors.py). A request that failed before it
-could reach the upstream (an egress proxy failure, a refused or timed-out connect) is sent again, at
-most twice, after a short random delay, through the next egress proxy that is up: the upstream never
+arrive before its body; reading it is the relay's (relay/service.py). The request becomes an
+engine-neutral `Transfer` (transport.py): every option the gateway owns besides the profile's, on
+every request, because handles are reused; the profile's transport (engines.py, injected by the
+composition root) adds its own. This is the only module that turns curl failures into
+`UpstreamError`s (with the table in curl_errors.py). A request that failed before it could reach
+the upstream (an egress proxy failure, a refused or timed-out connect) is sent again, at most
+twice, after a short random delay, through the next egress proxy that is up: the upstream never
 saw it, so the client never notices; except when the request pins its proxy (an account of the
 pool): then it fails, and the account cools down instead.
 """
@@ -35,8 +36,6 @@ from tornadoproxy.upstream.transport import CurlOption, Transfer
 
 log = logging.getLogger(__name__)
 
-# Buffered fetches (logins, probes) never hold more than this.
-_MAX_BUFFERED = 16 * 1024 * 1024
 # One request is sent at most this many times (the first try and two retries).
 MAX_ATTEMPTS = 3
 # A retry waits a random delay in this range (seconds) times the attempt number, so that requests
@@ -46,11 +45,18 @@ _HTTP_ONLY = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 _SEND_BUFFER = 16 * 1024  # libcurl's minimum
 # Curl handles beyond the gate's capacity, for the gateway's own requests (readiness probes): they
 # never take a client's slot, and a full gate does not blind the probes.
-_RESERVED_HANDLES = 8
+RESERVED_HANDLES = 8
+
+
+def transports_for(config: FetchConfig) -> Transports:
+    """The transports a fetcher of `config` sends through: room for every gate slot, plus the
+    handles reserved for the gateway's own requests."""
+    return Transports(config.max_clients + RESERVED_HANDLES)
 
 
 class Fetcher:
-    """The process's upstream client; built once at start-up by the composition root."""
+    """The process's upstream client; built once at start-up by the composition root, around the
+    transports (one per client profile, upstream/engines.py) it is handed."""
 
     def __init__(
         self,
@@ -58,13 +64,14 @@ class Fetcher:
         routes: Mapping[str, UpstreamRoute],
         metrics: Metrics,
         egress: EgressPools,
+        transports: Transports,
     ) -> None:
         self.metrics = metrics
         self.egress = egress
         self._proxy_options = {
             proxy: proxy.curl_options() for route in routes.values() for proxy in route.proxies
         }
-        self._transports = Transports(config.max_clients + _RESERVED_HANDLES)
+        self._transports = transports
         self.reconfigure(config, routes)
         self._gate = Gate(config.max_clients, config.queue_timeout, metrics)
         self._open: set[Exchange] = set()
@@ -83,9 +90,6 @@ class Fetcher:
     @property
     def in_flight(self) -> int:
         return len(self._open)
-
-    def route(self, upstream: str) -> UpstreamRoute:
-        return self._routes[upstream]
 
     async def open(self, request: UpstreamRequest, gated: bool = True) -> Exchange:
         """Take a gate slot (or raise GatewayBusy) and start the request. Only the gateway's own
@@ -114,25 +118,6 @@ class Fetcher:
             cookies=request.cookies,
         )
         self._transports.get(profile).start(transfer, exchange)
-
-    async def fetch(self, request: UpstreamRequest, gated: bool = True) -> tuple[Exchange, bytes]:
-        """Send `request` and read its whole (bounded) body: for logins and probes, not relays."""
-        exchange = await self.open(request, gated)
-        try:
-            await exchange.wait_headers()
-            parts = []
-            size = 0
-            while (chunk := await exchange.read()) is not None:
-                parts.append(chunk)
-                size += len(chunk)
-                if size > _MAX_BUFFERED:
-                    raise UpstreamError(
-                        f"the {request.upstream} upstream sent a body over {_MAX_BUFFERED} bytes",
-                        kind="protocol",
-                    )
-            return exchange, b"".join(parts)
-        finally:
-            exchange.abort("done")
 
     def transfer_ended(self, exchange: Exchange, failure: CurlFailure | None) -> bool:
         """libcurl is done with the exchange's current attempt: classify a failure, retry when safe

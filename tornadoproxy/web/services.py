@@ -15,19 +15,17 @@ from tornadoproxy.observability.logs import AccessLog
 from tornadoproxy.observability.metrics import Metrics
 from tornadoproxy.pool.pool import AccountPool
 from tornadoproxy.relay.readiness import Readiness
-from tornadoproxy.upstream.fetcher import Fetcher
+from tornadoproxy.relay.service import Relay
 from tornadoproxy.web.access import AccessPolicy
 from tornadoproxy.web.body_intake import BodyDeadlines
 
 
 @dataclass(slots=True)
 class Lifecycle:
-    """Process state shared by handlers and the drain: whether the gateway is draining, how many
-    relays are still writing to their clients, and which worker process this is (None when the
-    gateway runs as one process)."""
+    """Process state shared by handlers and the drain: whether the gateway is draining, and which
+    worker process this is (None when the gateway runs as one process)."""
 
     draining: bool = False
-    relays: int = 0
     worker: int | None = None
 
 
@@ -35,7 +33,7 @@ class Lifecycle:
 class Services:
     config: Config
     access: AccessPolicy
-    fetcher: Fetcher
+    relay: Relay
     metrics: Metrics
     readiness: Readiness
     logins: Logins

@@ -1,37 +1,26 @@
-"""BaseHandler: request checks, JSON errors, CORS, credentials and the upstream relay pump.
+"""BaseHandler: request intake and checks, JSON errors, CORS, credentials, and the client side of
+the relay.
 
 Every handler subclasses BaseHandler directly. Bodies are received in streaming mode so that the
 size limit is checked from Content-Length before a byte of the body is read (a 2 GB upload gets 413,
-not tornado's 400). Relays send status and headers first; SSE is written event by event with a
-flush after each, anything else is sent with a Content-Length when it fits `fetch.buffer_size`.
+not tornado's 400). What a relayed answer does (stream or buffer, diagnosis, keep-alives, errors
+midway) is the relay's (relay/service.py); the handler writes what the relay hands it
+(relay/client.py: status and headers, bytes, a flush bounded by server.client_stall_timeout).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
-from tornadoproxy.errors import (
-    BadRequest,
-    Code,
-    GatewayBusy,
-    GatewayError,
-    PayloadTooLarge,
-    UpstreamError,
-)
-from tornadoproxy.formats.sse import EventSplitter, EventTooLarge, encode_comment, encode_event
-from tornadoproxy.relay.forwarding import (
-    check_raw_path,
-    check_raw_query,
-    forwarded_request_headers,
-    is_event_stream,
-    relayed_response_headers,
-)
-from tornadoproxy.upstream.diagnosis import diagnose
+from tornadoproxy.errors import BadRequest, Code, GatewayBusy, GatewayError, PayloadTooLarge
+from tornadoproxy.relay.client import ClientGone
+from tornadoproxy.relay.forwarding import check_raw_path, check_raw_query, forwarded_request_headers
 from tornadoproxy.upstream.exchange import Exchange
 from tornadoproxy.upstream.request import UpstreamRequest
 from tornadoproxy.web.body_intake import BodyBuffer
@@ -69,7 +58,7 @@ class BaseHandler(RequestHandler):
         self._body = BodyBuffer(services.config.server.max_body_size)
         self._deferred: GatewayError | None = None
         self._exchange: Exchange | None = None
-        self.client_gone = False
+        self.gone = False
 
     # -- request intake ---------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -102,7 +91,7 @@ class BaseHandler(RequestHandler):
         limit = self.services.config.server.max_body_size
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > limit:
-            return PayloadTooLarge(f"the request body is larger than {limit} bytes (server.max_body_size)")
+            return PayloadTooLarge.of(Code.PAYLOAD_TOO_LARGE, limit=limit)
         try:
             check_raw_path(self.request.path)
             check_raw_query(self.request.query)
@@ -116,9 +105,7 @@ class BaseHandler(RequestHandler):
         if not self._body.add(chunk):
             limit = self._body.limit
             self.set_header("Connection", "close")
-            self.fail(
-                PayloadTooLarge(f"the request body is larger than {limit} bytes (server.max_body_size)")
-            )
+            self.fail(PayloadTooLarge.of(Code.PAYLOAD_TOO_LARGE, limit=limit))
 
     @property
     def body(self) -> bytes:
@@ -129,12 +116,7 @@ class BaseHandler(RequestHandler):
         self._body.clear()
         self.set_header("Connection", "close")
         timeout = self.services.config.server.body_timeout
-        self.fail(
-            GatewayError(
-                f"the request body did not arrive within {timeout:g} s (server.body_timeout)",
-                code=Code.BODY_TIMEOUT,
-            )
-        )
+        self.fail(GatewayError.of(Code.BODY_TIMEOUT, timeout=timeout))
 
     def check_request(self) -> None:
         """Raise the error found while the request arrived, if any; every method calls this first
@@ -176,18 +158,17 @@ class BaseHandler(RequestHandler):
         if self._finished:
             return
         if self._headers_written:
-            self.request.connection.stream.close()  # type: ignore[union-attr]
+            self.cut()
             return
         self.clear()
-        self.error_code = error.code
-        self.set_status(error.status)
-        for name, value in error.headers():
-            self.set_header(name, value)
-        self.set_header("Content-Type", "application/json")
-        self.finish(error.to_json())
+        self._answer_error(error)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        error = _as_gateway_error(status_code, kwargs.get("exc_info"))
+        """tornado's error path (a raised GatewayError, or its own HTTPError): already cleared."""
+        self._answer_error(_as_gateway_error(status_code, kwargs.get("exc_info")))
+
+    def _answer_error(self, error: GatewayError) -> None:
+        """The one rendering of a gateway error: its status, headers and JSON."""
         self.error_code = error.code
         self.set_status(error.status)
         for name, value in error.headers():
@@ -217,7 +198,7 @@ class BaseHandler(RequestHandler):
             # handler) unless the request stops referring to the failed future.
             super().on_connection_close()  # tornado stops waiting for the body and leaves the handler
             self.request._body_future = _completed_future()
-        self.client_gone = True
+        self.gone = True
         self._body.clear()
         self.services.body_deadlines.release(self)
         if self._exchange is not None:
@@ -260,170 +241,31 @@ class BaseHandler(RequestHandler):
         self, upstream: str, url: str, body: bytes | None = None, method: str | None = None
     ) -> None:
         """Send this request (or `method` instead of the client's) to `url` on `upstream` and relay
-        the answer to the client."""
+        the answer to the client (relay/service.py); this handler is the relay's client side."""
         if self.services.lifecycle.draining:
-            raise GatewayBusy("the gateway is shutting down", retry_after=1)
+            # gateway_busy, as every request refused while draining (README "Limits ... shutdown").
+            raise GatewayBusy(Code.SHUTTING_DOWN.message, retry_after=1)
         headers = forwarded_request_headers(self.request.headers.get_all())
         authorization = self.authorization()
         headers = [(n, authorization if n.lower() == "authorization" else v) for n, v in headers]
         if not any(n.lower() == "authorization" for n, _ in headers):
             headers.append(("Authorization", authorization))
         request = UpstreamRequest(upstream, method or self.request.method or "GET", url, headers, body)
-        exchange = await self.services.fetcher.open(request)
-        self._exchange = exchange
-        if self.client_gone:
-            exchange.abort("client_gone")
-        lifecycle = self.services.lifecycle
-        lifecycle.relays += 1
-        try:
-            try:
-                await exchange.wait_headers()
-            except UpstreamError:
-                if not self.client_gone:
-                    raise
-                self.set_status(499, "Client Closed Request")  # nginx's code: nobody to answer
-                self.finish()
-                return
-            self.upstream_status = exchange.status
-            if exchange.status == 401:
-                # The credential is dead upstream; if the token cache issued it, stop serving it.
-                await self.services.tokens.forget_token(authorization)
-            if is_event_stream(exchange.headers):
-                await self._relay_stream(exchange)
-            else:
-                await self._relay_body(exchange)
-        finally:
-            lifecycle.relays -= 1
-            exchange.abort("client_gone" if self.client_gone else "done")
+        await self.services.relay.relay(request, self, authorization)
 
-    def _start_response(self, exchange: Exchange) -> None:
-        self.set_status(exchange.status, exchange.reason or None)
+    # -- the client side of the relay (relay/client.py) -------------------------------------------
+    def attach(self, exchange: Exchange) -> None:
+        self._exchange = exchange
+        if self.gone:
+            exchange.abort("client_gone")
+
+    def start(self, status: int, reason: str, headers: Sequence[tuple[str, str]]) -> None:
+        self.set_status(status, reason or None)
         self.clear_header("Content-Type")
-        for name, value in relayed_response_headers(exchange.headers):
+        for name, value in headers:
             self.add_header(name, value)
 
-    async def _relay_body(self, exchange: Exchange) -> None:
-        parts: list[bytes] = []
-        size = 0
-        limit = self.services.config.fetch.buffer_size
-        while (chunk := await exchange.read()) is not None:
-            parts.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                self._refuse_unusable_answer(exchange, parts[0])
-                await self._relay_large_body(exchange, parts)
-                return
-        body = b"".join(parts)
-        self._refuse_unusable_answer(exchange, body)
-        self._start_response(exchange)
-        self.bytes_out = len(body)
-        if self.request.method == "HEAD" or exchange.status in (204, 304):
-            self.finish()
-        else:
-            self.finish(body)
-
-    def _refuse_unusable_answer(self, exchange: Exchange, body: bytes) -> None:
-        """Raise the gateway error that replaces a challenge, block or HTML error page."""
-        problem = diagnose(exchange.route.name, exchange.status, exchange.headers, body)
-        if problem is not None:
-            self.services.metrics.count_upstream_error(exchange.route.name, problem.kind)
-            if problem.kind in ("challenge", "blocked"):
-                # The next request goes out through another egress proxy, if there is one.
-                self.services.fetcher.egress.mark_failed(exchange.route.name, exchange.proxy, problem.kind)
-            log.warning("%s answered %d: %s", exchange.route.name, exchange.status, problem.code)
-            raise problem
-
-    async def _relay_large_body(self, exchange: Exchange, parts: list[bytes]) -> None:
-        """A body too big to hold: relayed as it arrives; a failure midway cuts the connection."""
-        self._start_response(exchange)
-        chunk: bytes | None = b"".join(parts)
-        try:
-            while chunk is not None:
-                if chunk:
-                    self.write(chunk)
-                    self.bytes_out += len(chunk)
-                    await self._flush_to_client()
-                chunk = await exchange.read()
-        except UpstreamError:
-            self.request.connection.stream.close()  # type: ignore[union-attr]
-            return
-        except StreamClosedError:
-            return
-        self.finish()
-
-    async def _relay_stream(self, exchange: Exchange) -> None:
-        self._start_response(exchange)
-        self.set_header("Cache-Control", "no-cache")
-        self.set_header("X-Accel-Buffering", "no")
-        self.streamed = True
-        metrics = self.services.metrics
-        metrics.streams_active.inc()
-        reason = "done"
-        try:
-            reason = await self._pump_events(exchange)
-        except StreamClosedError:
-            reason = "client_gone"
-        finally:
-            metrics.streams_active.dec()
-            metrics.count_stream_end(reason)
-            self.stream_end = reason
-        if not self._finished:
-            try:
-                # Awaited, so that a drain closes the connection only once the last event is out.
-                await self.finish()
-            except StreamClosedError:
-                pass
-
-    async def _pump_events(self, exchange: Exchange) -> str:
-        """Relay whole events as they complete; return why the stream ended."""
-        splitter = EventSplitter(self.services.config.streams.max_event_size)
-        keepalive = self.services.config.streams.keepalive_interval
-        if keepalive:
-            self.services.fetcher.keep_alive(exchange, keepalive)
-        await self._flush_to_client()  # status and headers go out before the first event
-        while True:
-            try:
-                chunk = await exchange.read()
-                if chunk is None:
-                    break
-                events = splitter.feed(chunk) if chunk else b""
-            except UpstreamError as error:
-                self._write_final_error(error)
-                return "idle_timeout" if error.code is Code.UPSTREAM_TIMEOUT else "upstream_error"
-            except EventTooLarge as error:
-                self.services.metrics.count_upstream_error(exchange.route.name, "protocol")
-                self._write_final_error(
-                    UpstreamError(
-                        f"the {exchange.route.name} upstream {error} (streams.max_event_size)",
-                        code=Code.UPSTREAM_BAD_STREAM,
-                    )
-                )
-                return "upstream_error"
-            if events:
-                self.write(events)
-                self.bytes_out += len(events)
-            elif not chunk and not splitter.pending:
-                self.write(encode_comment("keep-alive"))
-            else:
-                continue
-            await self._flush_to_client()
-        if self.client_gone:
-            return "client_gone"
-        if exchange.aborted_reason == "shutdown":
-            self._write_final_error(GatewayBusy("the gateway is shutting down", code=Code.SHUTTING_DOWN))
-            return "shutdown"
-        if splitter.pending:
-            self.write(splitter.pending)  # the upstream's last bytes, passed on as they are
-            self.bytes_out += len(splitter.pending)
-        return "done"
-
-    def _write_final_error(self, error: GatewayError) -> None:
-        """End a stream that failed midway with an `event: error` carrying the gateway error JSON."""
-        log.warning("stream on %s ended early: %s", self.route, error.code)
-        self.error_code = error.code
-        self.write(encode_event(error.to_json().decode(), event="error"))
-
-    async def _flush_to_client(self) -> None:
+    async def deliver(self) -> None:
         """Wait until the client has taken what was written; drop a client that stalls too long.
 
         While we wait, the exchange stops reading from the upstream once it holds a few hundred KB,
@@ -434,11 +276,24 @@ class BaseHandler(RequestHandler):
         timeout = self.services.config.server.client_stall_timeout
         try:
             await asyncio.wait_for(asyncio.shield(future), timeout)
+        except StreamClosedError:
+            raise ClientGone() from None
         except TimeoutError:
             log.info("dropping a client that accepted nothing for %g s on %s", timeout, self.route)
             self.request.connection.stream.close()  # type: ignore[union-attr]
             self.on_connection_close()
-            raise StreamClosedError() from None
+            raise ClientGone() from None
+
+    async def finish_stream(self) -> None:
+        if not self._finished:
+            try:
+                # Awaited, so that a drain closes the connection only once the last event is out.
+                await self.finish()
+            except StreamClosedError:
+                pass
+
+    def cut(self) -> None:
+        self.request.connection.stream.close()  # type: ignore[union-attr]
 
 
 def _completed_future() -> asyncio.Future[None]:

@@ -1,0 +1,258 @@
+"""The relay: what one request against an upstream does between its caller and the transport.
+
+`Relay.relay()` sends a client's request and writes the answer to its client side (client.py):
+status and headers first, an event stream event by event with a flush after each (keep-alive
+comments while the upstream is silent, a final `event: error` when it fails midway), any other body
+buffered up to `fetch.buffer_size` and sent with a Content-Length, or passed on as it arrives when
+larger. Before a byte goes out, a challenge, block or HTML error page becomes the gateway error that
+says so (diagnosis.py), counted, and a challenge or block takes the egress proxy out of rotation;
+a 401 makes the token cache forget the credential if it issued it. `Relay.fetch()` is the same
+service for the gateway's own bounded requests (logins, probes): the whole answer at once.
+
+The hot path is `_pump()`: one `Exchange.read()`, one write and one `ClientSide.deliver()` per
+upstream chunk, nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from tornadoproxy.config.schema import FetchConfig, StreamsConfig
+from tornadoproxy.errors import Code, GatewayBusy, GatewayError, UpstreamError
+from tornadoproxy.formats.sse import EventSplitter, EventTooLarge, encode_comment, encode_event
+from tornadoproxy.observability.metrics import Metrics
+from tornadoproxy.relay.client import ClientGone, ClientSide
+from tornadoproxy.relay.forwarding import is_event_stream, relayed_response_headers
+from tornadoproxy.upstream.diagnosis import diagnose
+from tornadoproxy.upstream.egress import EgressProxy
+from tornadoproxy.upstream.exchange import Exchange
+from tornadoproxy.upstream.fetcher import Fetcher
+from tornadoproxy.upstream.request import UpstreamRequest
+
+log = logging.getLogger(__name__)
+
+# Buffered fetches (logins, probes) never hold more than this.
+MAX_FETCHED = 16 * 1024 * 1024
+_STREAM_HEADERS = (("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"))
+# Diagnoses after which the next request should leave through another egress proxy.
+_EGRESS_PROBLEMS = ("challenge", "blocked")
+
+ForgetToken = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A whole upstream answer, for the gateway's own requests: status, headers, body, and the
+    egress proxy it came through."""
+
+    upstream: str
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    proxy: EgressProxy
+
+
+async def _never_issued(_authorization: str) -> None:
+    return None
+
+
+class Relay:
+    """The process's relay; built once by the composition root around the fetcher.
+
+    `forget_token(authorization)` is the token cache's: called when the upstream refuses a
+    credential (401), so that a token the cache issued is not served again."""
+
+    def __init__(
+        self,
+        fetcher: Fetcher,
+        metrics: Metrics,
+        fetch: FetchConfig,
+        streams: StreamsConfig,
+        forget_token: ForgetToken | None = None,
+    ) -> None:
+        self._fetcher = fetcher
+        self._metrics = metrics
+        self._forget_token = forget_token or _never_issued
+        self.active = 0  # relays still writing to their clients (the drain waits for them)
+        self.reconfigure(fetch, streams)
+
+    def reconfigure(self, fetch: FetchConfig, streams: StreamsConfig) -> None:
+        """Buffer size, event size limit and keep-alive interval for relays started from now on."""
+        self._buffer_size = fetch.buffer_size
+        self._max_event_size = streams.max_event_size
+        self._keepalive = streams.keepalive_interval
+
+    # -- the gateway's own requests ---------------------------------------------------------------
+    async def fetch(self, request: UpstreamRequest, gated: bool = True) -> Answer:
+        """Send `request` and read its whole (bounded) answer: for logins and probes, not relays.
+        Only the gateway's own bounded background requests may pass `gated=False`."""
+        exchange = await self._fetcher.open(request, gated)
+        try:
+            await exchange.wait_headers()
+            parts = []
+            size = 0
+            while (chunk := await exchange.read()) is not None:
+                parts.append(chunk)
+                size += len(chunk)
+                if size > MAX_FETCHED:
+                    raise UpstreamError(
+                        f"the {request.upstream} upstream sent a body over {MAX_FETCHED} bytes",
+                        kind="protocol",
+                    )
+            body = b"".join(parts)
+            return Answer(request.upstream, exchange.status, list(exchange.headers), body, exchange.proxy)
+        finally:
+            exchange.abort("done")
+
+    def unusable(self, upstream: str, proxy: EgressProxy, kind: str) -> None:
+        """An answer was a challenge, block or error page (`kind`): count it, and after a challenge
+        or block send the next request to `upstream` through another egress proxy, if any."""
+        self._metrics.count_upstream_error(upstream, kind)
+        if kind in _EGRESS_PROBLEMS:
+            self._fetcher.egress.mark_failed(upstream, proxy, kind)
+
+    # -- client relays ----------------------------------------------------------------------------
+    async def relay(self, request: UpstreamRequest, client: ClientSide, authorization: str = "") -> None:
+        """Send `request` and relay its answer to `client`; raise the GatewayError that replaces an
+        answer when nothing was sent yet. `authorization` is the credential sent (for eviction)."""
+        exchange = await self._fetcher.open(request)
+        client.attach(exchange)
+        self.active += 1
+        try:
+            try:
+                await exchange.wait_headers()
+            except UpstreamError:
+                if not client.gone:
+                    raise
+                client.start(499, "Client Closed Request", ())  # nginx's code: nobody to answer
+                client.finish()
+                return
+            client.upstream_status = exchange.status
+            if exchange.status == 401 and authorization:
+                # The credential is dead upstream; if the token cache issued it, stop serving it.
+                await self._forget_token(authorization)
+            if is_event_stream(exchange.headers):
+                await self._relay_stream(exchange, client)
+            else:
+                await self._relay_body(exchange, client, request.method == "HEAD")
+        finally:
+            self.active -= 1
+            exchange.abort("client_gone" if client.gone else "done")
+
+    def _start(self, exchange: Exchange, client: ClientSide, own: tuple[tuple[str, str], ...] = ()) -> None:
+        """Status and the upstream headers a client may see; `own` headers replace the upstream's."""
+        headers = relayed_response_headers(exchange.headers)
+        if own:
+            replaced = {name.lower() for name, _ in own}
+            headers = [header for header in headers if header[0].lower() not in replaced] + list(own)
+        client.start(exchange.status, exchange.reason, headers)
+
+    async def _relay_body(self, exchange: Exchange, client: ClientSide, head: bool) -> None:
+        parts: list[bytes] = []
+        size = 0
+        while (chunk := await exchange.read()) is not None:
+            parts.append(chunk)
+            size += len(chunk)
+            if size > self._buffer_size:
+                self._refuse_unusable(exchange, parts[0])
+                await self._relay_large_body(exchange, client, parts)
+                return
+        body = b"".join(parts)
+        self._refuse_unusable(exchange, body)
+        self._start(exchange, client)
+        client.bytes_out = len(body)
+        if head or exchange.status in (204, 304):
+            client.finish()
+        else:
+            client.finish(body)
+
+    def _refuse_unusable(self, exchange: Exchange, body: bytes) -> None:
+        """Raise the gateway error that replaces a challenge, block or HTML error page."""
+        name = exchange.route.name
+        problem = diagnose(name, exchange.status, exchange.headers, body)
+        if problem is not None:
+            self.unusable(name, exchange.proxy, problem.kind)
+            log.warning("%s answered %d: %s", name, exchange.status, problem.code)
+            raise problem
+
+    async def _relay_large_body(self, exchange: Exchange, client: ClientSide, parts: list[bytes]) -> None:
+        """A body too big to hold: relayed as it arrives; a failure midway cuts the connection."""
+        self._start(exchange, client)
+        chunk: bytes | None = b"".join(parts)
+        try:
+            while chunk is not None:
+                if chunk:
+                    client.write(chunk)
+                    client.bytes_out += len(chunk)
+                    await client.deliver()
+                chunk = await exchange.read()
+        except UpstreamError:
+            client.cut()
+            return
+        except ClientGone:
+            return
+        client.finish()
+
+    async def _relay_stream(self, exchange: Exchange, client: ClientSide) -> None:
+        self._start(exchange, client, _STREAM_HEADERS)
+        client.streamed = True
+        metrics = self._metrics
+        metrics.streams_active.inc()
+        reason = "done"
+        try:
+            reason = await self._pump(exchange, client)
+        except ClientGone:
+            reason = "client_gone"
+        finally:
+            metrics.streams_active.dec()
+            metrics.count_stream_end(reason)
+            client.stream_end = reason
+        await client.finish_stream()
+
+    async def _pump(self, exchange: Exchange, client: ClientSide) -> str:
+        """Relay whole events as they complete; return why the stream ended."""
+        splitter = EventSplitter(self._max_event_size)
+        if self._keepalive:
+            self._fetcher.keep_alive(exchange, self._keepalive)
+        await client.deliver()  # status and headers go out before the first event
+        while True:
+            try:
+                chunk = await exchange.read()
+                if chunk is None:
+                    break
+                events = splitter.feed(chunk) if chunk else b""
+            except UpstreamError as error:
+                _end_with_error(client, exchange, error)
+                return "idle_timeout" if error.code is Code.UPSTREAM_TIMEOUT else "upstream_error"
+            except EventTooLarge as error:
+                name = exchange.route.name
+                self._metrics.count_upstream_error(name, "protocol")
+                bad_stream = GatewayError.of(Code.UPSTREAM_BAD_STREAM, upstream=name, problem=error)
+                _end_with_error(client, exchange, bad_stream)
+                return "upstream_error"
+            if events:
+                client.write(events)
+                client.bytes_out += len(events)
+            elif not chunk and not splitter.pending:
+                client.write(encode_comment("keep-alive"))
+            else:
+                continue
+            await client.deliver()
+        if client.gone:
+            return "client_gone"
+        if exchange.aborted_reason == "shutdown":
+            _end_with_error(client, exchange, GatewayBusy.of(Code.SHUTTING_DOWN))
+            return "shutdown"
+        if splitter.pending:
+            client.write(splitter.pending)  # the upstream's last bytes, passed on as they are
+            client.bytes_out += len(splitter.pending)
+        return "done"
+
+
+def _end_with_error(client: ClientSide, exchange: Exchange, error: GatewayError) -> None:
+    """End a stream that failed midway with an `event: error` carrying the gateway error JSON."""
+    log.warning("a stream from the %s upstream ended early: %s", exchange.route.name, error.code)
+    client.error_code = error.code
+    client.write(encode_event(error.to_json().decode(), event="error"))
