@@ -9,7 +9,7 @@ libcurl itself (a connection is reused only through the same proxy with the same
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from tornadoproxy.upstream.curl_client import CurlClient, tls_settings_problem
 from tornadoproxy.upstream.fingerprint_options import impersonation_problem
@@ -25,7 +25,10 @@ def _pycurl(profile: ClientProfile, capacity: int) -> Transport:
     return CurlClient(force_instance=True, profile=profile, max_clients=capacity)
 
 
-_ENGINES: dict[str, Callable[[ClientProfile, int], Transport]] = {
+# An engine makes the transport of one profile, with room for `capacity` transfers.
+Engine = Callable[[ClientProfile, int], Transport]
+
+ENGINES: dict[str, Engine] = {
     "pycurl": _pycurl,
     "curl_cffi": ImpersonationClient,
 }
@@ -39,16 +42,18 @@ def engine_problem(profile: ClientProfile) -> str | None:
 
 
 class Transports:
-    """The transports of the profiles in use, each with room for `capacity` transfers."""
+    """The transports of the profiles in use, each with room for `capacity` transfers, made by the
+    engine each profile names (`engines`: the shipped two, or a test's own)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, engines: Mapping[str, Engine] = ENGINES) -> None:
         self._capacity = capacity
+        self._engines = engines
         self._by_profile: dict[ClientProfile, Transport] = {}
 
     def get(self, profile: ClientProfile) -> Transport:
         transport = self._by_profile.get(profile)
         if transport is None:
-            transport = self._by_profile[profile] = _ENGINES[profile.engine](profile, self._capacity)
+            transport = self._by_profile[profile] = self._engines[profile.engine](profile, self._capacity)
             log.info("client profile %s runs on %s%s", profile.name, profile.engine, _target(profile))
         return transport
 

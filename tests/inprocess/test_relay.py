@@ -1,0 +1,90 @@
+"""The relay in-process, against the loopback upstream: a stream relayed event by event in lockstep,
+a challenge page replaced by its error before anything is written, a 401 that evicts the credential,
+and a body too large to buffer passed on as it arrives."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.harness import metric_value
+from tests.inprocess.loopback import RecordingClient, against_loopback
+from tornadoproxy.errors import Code, UpstreamError
+
+
+def test_a_stream_is_relayed_event_by_event_before_the_upstream_sends_the_next() -> None:
+    async def run() -> None:
+        async with against_loopback() as (upstream, side):
+            client = RecordingClient()
+            relay = asyncio.create_task(side.relay.relay(side.request("/events"), client))
+            # Event 1 must reach the client while the upstream still holds event 2.
+            while not any(b"data: one" in piece for piece in client.deliveries):
+                client.delivered.clear()
+                await asyncio.wait_for(client.delivered.wait(), 10)
+            assert not relay.done() and side.relay.active == 1
+            assert metric_value(side.exposition(), "tornadoproxy_streams_active") == 1
+            upstream.holds.release("event-2")
+            await asyncio.wait_for(relay, 10)
+            body = b"".join(client.deliveries) + (client.finished or b"")
+            assert body == b"data: one\n\ndata: two\n\n"
+            assert client.status == 200 and client.streamed and client.stream_end == "done"
+            # The gateway's own Cache-Control replaces the upstream's; lengths are never relayed.
+            assert ("Cache-Control", "no-cache") in client.headers
+            assert ("Cache-Control", "private") not in client.headers
+            assert ("X-Accel-Buffering", "no") in client.headers
+            assert not any(name.lower() == "content-length" for name, _ in client.headers)
+            assert client.bytes_out == len(body) and side.relay.active == 0
+            exposition = side.exposition()
+            assert metric_value(exposition, "tornadoproxy_streams_active") == 0
+            assert metric_value(exposition, "tornadoproxy_streams_ended_total", reason="done") == 1
+            assert side.fetcher.in_flight == 0
+
+    asyncio.run(run())
+
+
+def test_a_challenge_page_becomes_its_error_before_anything_is_written() -> None:
+    async def run() -> None:
+        async with against_loopback() as (upstream, side):
+            client = RecordingClient()
+            with pytest.raises(UpstreamError) as refused:
+                await side.relay.relay(side.request("/challenge"), client)
+            assert refused.value.code is Code.UPSTREAM_CHALLENGE and refused.value.status == 403
+            assert client.status is None and client.deliveries == [] and client.finished is None
+            assert client.upstream_status == 403  # for the access log
+            exposition = side.exposition()
+            assert metric_value(exposition, "tornadoproxy_upstream_errors_total", kind="challenge") == 1
+            assert side.fetcher.in_flight == 0 and side.relay.active == 0
+
+    asyncio.run(run())
+
+
+def test_a_401_is_relayed_and_makes_the_token_cache_forget_the_credential() -> None:
+    forgotten: list[str] = []
+
+    async def forget(authorization: str) -> None:
+        forgotten.append(authorization)
+
+    async def run() -> None:
+        async with against_loopback(forget_token=forget) as (upstream, side):
+            client = RecordingClient()
+            request = side.request("/unauthorized", headers=[("Authorization", "Bearer sess-x")])
+            await side.relay.relay(request, client, "Bearer sess-x")
+            assert client.status == 401
+            assert client.finished == b'{"error":{"code":"invalid_api_key"}}'  # upstream errors are data
+            assert forgotten == ["Bearer sess-x"]
+
+    asyncio.run(run())
+
+
+def test_a_body_over_the_buffer_size_is_passed_on_as_it_arrives() -> None:
+    async def run() -> None:
+        async with against_loopback() as (upstream, side):
+            client = RecordingClient()
+            await side.relay.relay(side.request("/large"), client)
+            body = b"".join(client.deliveries) + (client.finished or b"")
+            assert body == bytes(range(256)) * 64 and client.bytes_out == len(body)
+            assert client.deliveries, "written as it arrived, not held whole"
+            assert client.status == 200 and not client.streamed and not client.cut_off
+
+    asyncio.run(run())
