@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
+from tornadoproxy.auth.families import FLOW_NAMES
 from tornadoproxy.auth.pages import element_text, hidden_inputs, upstream_text
 from tornadoproxy.config.schema import LoginsConfig, UpstreamsConfig
 from tornadoproxy.errors import Code, LoginError, UpstreamError
@@ -30,8 +31,6 @@ from tornadoproxy.upstream.egress import EgressProxy
 from tornadoproxy.upstream.profiles import ClientProfile
 from tornadoproxy.upstream.request import CookieJar, UpstreamRequest
 
-FAMILIES = ("chatgpt", "platform")
-_FLOW_NAMES = {"chatgpt": "ChatGPT login", "platform": "Platform login"}
 _FORM = ("Content-Type", "application/x-www-form-urlencoded")
 _JSON = ("Content-Type", "application/json")
 _RATE_LIMIT_DEFAULT = 60  # seconds, when an upstream 429 names no Retry-After
@@ -114,7 +113,7 @@ class Logins:
     ) -> LoginResult:
         """Log in afresh upstream; raises LoginError, UpstreamError or GatewayBusy. With `proxy` and
         `profile` (an account of the pool), every step leaves through that proxy, as that client."""
-        browser = _Browser(self, _FLOW_NAMES[family], (username, password), (proxy, profile))
+        browser = _Browser(self, FLOW_NAMES[family], (username, password), (proxy, profile))
         started = time.monotonic()
         if family == "chatgpt":
             flow = self._chatgpt(browser, username, password)

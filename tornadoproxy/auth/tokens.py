@@ -23,6 +23,7 @@ from typing import Protocol
 
 from cachetools import TLRUCache, TTLCache
 
+from tornadoproxy.auth.families import FLOW_NAMES
 from tornadoproxy.auth.limits import LoginLimits
 from tornadoproxy.auth.sealing import (
     SALT_BYTES,
@@ -41,7 +42,6 @@ from tornadoproxy.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-_FLOWS = {"chatgpt": "ChatGPT login", "platform": "Platform login"}
 # Outcomes that say something about the credentials: remembered for logins.failure_memory.
 _REMEMBERED = ("failed", "mfa", "blocked")
 _WARN_EVERY = 10.0  # seconds between two warnings about an unreachable store
@@ -198,11 +198,11 @@ class TokenCache:
         except LoginError as error:
             outcome = error.outcome
             self._remember(attempt, error, outcome)
-            log.info("%s ended with %s; %s", _FLOWS[family], error.code, error.message)
+            log.info("%s ended with %s; %s", FLOW_NAMES[family], error.code, error.message)
             raise
         except UpstreamError as error:
             outcome = "challenge" if error.kind in ("challenge", "blocked") else "error"
-            log.warning("%s ended with %s; %s", _FLOWS[family], error.code, error.message)
+            log.warning("%s ended with %s; %s", FLOW_NAMES[family], error.code, error.message)
             raise
         finally:
             self._limits.end(key, client, outcome)
@@ -228,7 +228,7 @@ class TokenCache:
                     return holder, None
                 if not announced:
                     announced = True
-                    log.info("waiting for another gateway's %s of the same user", _FLOWS[family])
+                    log.info("waiting for another gateway's %s of the same user", FLOW_NAMES[family])
                 if time.monotonic() > deadline:
                     return None, None
                 await asyncio.sleep(_TURN_POLL)
@@ -280,7 +280,7 @@ class TokenCache:
         self._check_limits(family, key, client)
         self._limits.record_failure(key, client)
         error = LoginError(
-            f"the {_FLOWS[family]} failed: the password does not match the cached login of this "
+            f"the {FLOW_NAMES[family]} failed: the password does not match the cached login of this "
             "username (nothing was sent upstream); if the password was changed, the cached login ends "
             "when its token expires or is refused upstream",
         )
@@ -304,7 +304,7 @@ class TokenCache:
         if wait is not None:
             self._metrics.count_login(family, "limited")
             raise LoginError(
-                f"too many failed {_FLOWS[family]}s for this username or from this address; retry "
+                f"too many failed {FLOW_NAMES[family]}s for this username or from this address; retry "
                 f"after {wait} s (logins.max_failures_per_username, logins.max_failures_per_address)",
                 outcome="limited",
                 code=Code.LOGIN_RATE_LIMITED,
@@ -376,4 +376,4 @@ def cache_deadline(
 
 
 def _interrupted(family: str) -> GatewayError:
-    return GatewayError.of(Code.LOGIN_INTERRUPTED, flow=_FLOWS[family])
+    return GatewayError.of(Code.LOGIN_INTERRUPTED, flow=FLOW_NAMES[family])

@@ -127,11 +127,3 @@ def is_event_stream(headers: Iterable[tuple[str, str]]) -> bool:
         if name.lower() == "content-type":
             return value.lower().startswith("text/event-stream")
     return False
-
-
-def header_value(headers: Iterable[tuple[str, str]], wanted: str) -> str | None:
-    wanted = wanted.lower()
-    for name, value in headers:
-        if name.lower() == wanted:
-            return value
-    return None

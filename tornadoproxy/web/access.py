@@ -25,18 +25,6 @@ def key_digest(key: str) -> str:
     return DIGEST_PREFIX + hashlib.sha256(key.encode()).hexdigest()
 
 
-def digest_problem(value: str) -> str | None:
-    """Why `value` is not a configured key digest, or None."""
-    hexpart = value[len(DIGEST_PREFIX) :]
-    if not value.startswith(DIGEST_PREFIX) or len(hexpart) != 64:
-        return "must be 'sha256:' followed by 64 hex digits (see `tornadoproxy --hash-key`)"
-    try:
-        bytes.fromhex(hexpart)
-    except ValueError:
-        return "must be 'sha256:' followed by 64 hex digits (see `tornadoproxy --hash-key`)"
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class AccessPolicy:
     """The checks that come before anything else a request does."""
