@@ -6,7 +6,6 @@ with @ : % / that work and never show."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -136,13 +135,9 @@ def test_failover_to_the_next_proxy_is_invisible(
     gateway = make_gateway(
         {"egress": {"platform": [dead_url, proxies.socks.url()]}, "fetch": {"connect_timeout": 2}}
     )
-    started = time.monotonic()
     answer = request("GET", gateway.url + MODELS, headers=AUTH)
-    failover_seconds = time.monotonic() - started
     assert answer.status == 200, answer.body
     assert last_remote_ip(sim, "platform") == "127.0.0.2"
-    assert failover_seconds < 2  # a refused proxy costs no connect timeout
-    print(f"failover from a refused proxy: request answered in {failover_seconds * 1000:.0f} ms")
     exposition = gateway.metrics()
     up = "tornadoproxy_egress_proxy_up"
     failures = "tornadoproxy_egress_proxy_failures_total"
@@ -150,6 +145,10 @@ def test_failover_to_the_next_proxy_is_invisible(
     assert metric_value(exposition, up, upstream="platform", proxy=proxies.socks.label()) == 1
     assert (
         metric_value(exposition, failures, upstream="platform", proxy=dead_label, kind="proxy_refused") == 1
+    )
+    # Refused, not timed out: the failover cost no connect timeout.
+    assert (
+        metric_value(exposition, failures, upstream="platform", proxy=dead_label, kind="proxy_timeout") == 0
     )
     assert (
         metric_value(
@@ -186,7 +185,6 @@ def test_a_stream_fails_over_from_a_black_hole_unnoticed(
     )
     body = json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": []})
     headers = {**AUTH, "Content-Type": "application/json"}
-    started = time.monotonic()
     with streaming(gateway.url + "/platform/v1/chat/completions", headers=headers, body=body) as response:
         assert response.status == 200
         seen = bytearray()
@@ -194,17 +192,15 @@ def test_a_stream_fails_over_from_a_black_hole_unnoticed(
             chunk = response.read1(65536)
             assert chunk, bytes(seen)
             seen += chunk
-        first_event_seconds = time.monotonic() - started
         sim.release("after-one")  # the first event came while the simulator still held the rest
         seen += response.read()
     assert seen.endswith(b"data: [DONE]\n\n")
     assert b"error" not in seen
     assert last_remote_ip(sim, "platform") == "127.0.0.3"
-    assert 1 <= first_event_seconds < 4  # one connect timeout spent on the black hole, then through
-    print(f"failover from a black hole (connect_timeout 1 s): first event after {first_event_seconds:.2f} s")
     label = proxies.black_hole.url("http")
     exposition = gateway.metrics()
     failures = "tornadoproxy_egress_proxy_failures_total"
+    # One connect timeout spent on the black hole (one failed attempt), then through the next proxy.
     assert metric_value(exposition, failures, upstream="platform", proxy=label, kind="proxy_timeout") == 1
 
 

@@ -54,17 +54,13 @@ def test_a_failing_path_to_the_proxy_fails_over_unnoticed(
     faulty_socks.set(fault)
     faulty = f"socks5h://127.0.0.1:{faulty_socks.port}"
     gw = gateway_with(make_gateway, [faulty, proxies.tiny.url()])
-    started = time.monotonic()
     answer = request("GET", gw.url + MODELS, headers=AUTH)
-    elapsed = time.monotonic() - started
     assert answer.status == 200, answer.body
     assert last_remote_ip(sim, "platform") == proxies.tiny.bind  # went out through the second proxy
     failures = metric_value(
         gw.metrics(), "tornadoproxy_egress_proxy_failures_total", upstream="platform", proxy=faulty, kind=kind
     )
-    assert failures == 1
-    print(f"\n{fault.kind}: classified {kind}, answered through the next proxy after {elapsed * 1000:.0f} ms")
-    assert elapsed < 1 + 2  # at most the connect timeout spent on the failing path
+    assert failures == 1  # one attempt on the failing path (at most one connect timeout), then the next
 
 
 def test_a_stream_cut_after_its_first_bytes_is_not_retried(

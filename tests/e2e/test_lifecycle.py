@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import time
 from collections.abc import Callable
 
 import yaml
@@ -39,7 +38,6 @@ def test_sigterm_drains_open_streams_then_exits_zero(
     )
     sockets = [open_stream(gw) for _ in range(20)]
     wait_for(lambda: metric_value(gw.metrics(), "tornadoproxy_streams_active") == 20, what="20 open streams")
-    started = time.monotonic()
     gw.process.send_signal(signal.SIGTERM)
     for sock in sockets:
         text = read_all(sock).decode()
@@ -51,8 +49,10 @@ def test_sigterm_drains_open_streams_then_exits_zero(
         )  # error event, then chunk end
         sock.close()
     assert gw.process.wait(15) == 0
-    assert time.monotonic() - started < 1.0 + 4  # drain deadline plus the abort grace
-    assert "draining 20 upstream requests" in gw.log_text()
+    log = gw.log_text()
+    assert "draining 20 upstream requests" in log
+    # Ended at the drain deadline (server.drain_timeout), not waited for.
+    assert "ending 20 requests still open at the drain deadline" in log
 
 
 def test_draining_refuses_new_requests_and_lets_short_ones_finish(

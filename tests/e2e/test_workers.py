@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -178,7 +177,6 @@ def test_workers_that_keep_dying_stop_the_gateway(
     make_gateway: Callable[..., Gateway], sim: Simulator
 ) -> None:
     gw = make_gateway({"server": {"workers": 2}}, wrapper=IGNORING_SIGCHLD)
-    started = time.monotonic()
     for _ in range(6):  # MAX_RESTARTS deaths within the window are restarted; the sixth stops it all
         if gw.process.poll() is not None:
             break
@@ -191,7 +189,6 @@ def test_workers_that_keep_dying_stop_the_gateway(
 
         wait_for(gone, what="the worker to go")
     assert gw.process.wait(20) == 1
-    assert time.monotonic() - started < 60
     text = gw.log_text()
     assert text.count("was killed by SIGKILL; starting it again") == 5
     assert "workers died 5 times within 60 s: stopping the gateway" in text
@@ -201,7 +198,8 @@ def test_a_killed_parent_takes_its_workers_along(
     make_gateway: Callable[..., Gateway], sim: Simulator, tmp_path: Path
 ) -> None:
     gw = make_gateway({"server": {"workers": 2, "metrics_dir": str(tmp_path)}})
-    workers = worker_pids(gw.process.pid)
+    workers = wait_for(lambda: len(worker_pids(gw.process.pid)) == 2 and worker_pids(gw.process.pid))
+    assert len(workers) == 2  # else the wait below would check nothing
     os.kill(gw.process.pid, signal.SIGKILL)
     gw.process.wait(10)
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), what="the workers to exit")
