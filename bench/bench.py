@@ -39,10 +39,10 @@ from bench.procs import (
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-SYSTEMS = ("upstream-alone", "direct", "nginx", "naive", "gateway", "gateway-chrome")
+SYSTEMS = ("upstream-alone", "direct", "nginx", "naive", "gateway", "gateway-chrome", "gateway-base")
 # The gateway with its Platform route on a browser profile: the curl_cffi engine instead of pycurl
 # (over the bench's plain-HTTP upstream, so HTTP/1.1 and no TLS handshake, as for `gateway`).
-ENGINE_PROFILES = {"gateway": "plain", "gateway-chrome": "chrome"}
+ENGINE_PROFILES = {"gateway": "plain", "gateway-chrome": "chrome", "gateway-base": "plain"}
 SUT_CPUS = {1: "0", 2: "0,1"}
 LOAD_CPU = "1"
 API_KEY = "sk-bench-not-a-real-key"
@@ -277,7 +277,13 @@ class Bench:
         config = self.out / f"{system}.yaml"
         config.write_text("\n".join(lines) + "\n")
         argv = [self.python, "-m", "tornadoproxy", "--config", str(config)]
-        proc = self.procs.start(system, argv, cpus, self.env, port)
+        env = self.env
+        if system == "gateway-base":
+            # Another checkout's package first on the path, ahead of this checkout's editable install;
+            # -P keeps the working directory (this checkout) off the path.
+            env = {**self.env, "PYTHONPATH": str(self.args.base)}
+            argv = [self.python, "-P", *argv[1:]]
+        proc = self.procs.start(system, argv, cpus, env, port)
         wait_http(f"http://127.0.0.1:{port}/healthz", proc)
         return proc
 

@@ -71,6 +71,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--py-spy", default="py-spy", help="py-spy executable (a throwaway venv's)")
     parser.add_argument("--profile-seconds", type=int, default=15)
     parser.add_argument("--soak", type=int, default=0, help="soak the gateway for this many seconds")
+    parser.add_argument(
+        "--base",
+        type=Path,
+        help="a checkout of another commit (e.g. a git worktree): its gateway runs as gateway-base",
+    )
     parser.add_argument("--out", type=Path, help="results folder (default bench/results/<timestamp>)")
     parser.add_argument(
         "--report", type=Path, metavar="DIR", help="only rewrite DIR/summary.md from raw.jsonl"
@@ -96,6 +101,9 @@ def main(argv: list[str]) -> int:
         print(f"--profile: no py-spy at {args.py_spy!r}; see bench/README.md", file=sys.stderr)
         return 2
     systems = [s for s in args.systems.split(",") if s]
+    if "gateway-base" in systems and (args.base is None or not (args.base / "tornadoproxy").is_dir()):
+        print("gateway-base needs --base DIR, a checkout with tornadoproxy/ in it", file=sys.stderr)
+        return 2
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         print(f"unknown systems: {', '.join(sorted(unknown))}", file=sys.stderr)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 BASELINES = ("direct", "nginx", "naive")
-SHOWN = ("direct", "nginx", "naive", "gateway", "gateway-chrome")
+SHOWN = ("direct", "nginx", "naive", "gateway", "gateway-chrome", "gateway-base")
 Record = dict[str, Any]
 
 
@@ -165,6 +165,23 @@ def engines(records: list[Record]) -> str:
     return "\n".join(lines)
 
 
+def against_base(records: list[Record]) -> str:
+    """This checkout's gateway against another commit's (gateway-base, `--base`), same run."""
+    table = values(records)
+    current, base = table.get("gateway", {}), table.get("gateway-base", {})
+    if not current or not base:
+        return "(run both `gateway` and `gateway-base` (--base DIR) for this table)"
+    lines = ["| metric | gateway (this checkout) | gateway-base | this ÷ base |", "|---|---|---|---|"]
+    for metric in METRICS:
+        if current.get(metric.key) is None and base.get(metric.key) is None:
+            continue
+        pairs = ((current, "gateway"), (base, "gateway-base"))
+        cells = [_cell(metric, row, records, name) for row, name in pairs]
+        ratio = _ratio(current.get(metric.key), base.get(metric.key))
+        lines.append(f"| {metric.label} | " + " | ".join(cells) + f" | {ratio} |")
+    return "\n".join(lines)
+
+
 def every_system(records: list[Record]) -> str:
     table = values(records)
     systems = [s for s in ("upstream-alone", *SHOWN) if s in table]
@@ -268,6 +285,10 @@ def summary(
         "## Engines: curl_cffi (browser profile) against pycurl (plain), both gateways",
         "",
         engines(records),
+        "",
+        "## This checkout against the base commit (`--base`), both plain gateways",
+        "",
+        against_base(records),
         "",
         "## Every system",
         "",
