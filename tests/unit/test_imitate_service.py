@@ -11,6 +11,7 @@ from tornadoproxy.config.options import ConfigError
 from tornadoproxy.config.schema import load_config
 from tornadoproxy.errors import Code, GatewayError, UpstreamError
 from tornadoproxy.imitate.service.seats import PoolPayer, TokenPayer, outcome_for, own_device_id
+from tornadoproxy.imitate.service.writer import is_web_id
 from tornadoproxy.web.access import AccessPolicy, key_digest
 from tornadoproxy.web.imitate_access import imitate_payer
 
@@ -127,3 +128,22 @@ def test_the_model_map_keeps_its_order(tmp_path: Path) -> None:
     path = tmp_path / "models.yaml"
     path.write_text("imitate:\n  models:\n    o3: o3\n    gpt-4*: gpt-4o\n    gpt-4-turbo: gpt-4\n")
     assert list(load_config(str(path), {}).imitate.models) == ["o3", "gpt-4*", "gpt-4-turbo"]
+
+
+@pytest.mark.parametrize(
+    ("value", "plain"),
+    [
+        ("6750a6a6-83c4-800c-9a0e-3f5b2c1d0e9f", True),
+        ("conv_ABC-123", True),
+        (None, False),
+        ("", False),
+        ("abc\r\nSet-Cookie: x=1", False),
+        ("../conversations", False),
+        ("a b", False),
+        ("x" * 129, False),
+    ],
+)
+def test_only_plain_web_ids_reach_a_header_or_a_hide_path(value: str | None, plain: bool) -> None:
+    # The id comes from the upstream's stream; anything else than a token would be put in a response
+    # header line or in the PATCH path that hides the conversation.
+    assert is_web_id(value) is plain

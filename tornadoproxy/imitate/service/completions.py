@@ -27,7 +27,7 @@ from tornadoproxy.imitate.proofworkers import ProofWorkers
 from tornadoproxy.imitate.request import ChatRequest
 from tornadoproxy.imitate.service.attempt import AttemptRecord, Attempts, OpenAnswer
 from tornadoproxy.imitate.service.seats import Payer, Seat, TokenPayer, outcome_for, take_seat
-from tornadoproxy.imitate.service.writer import Ending, answer_headers, read_whole, write_stream
+from tornadoproxy.imitate.service.writer import Ending, answer_headers, is_web_id, read_whole, write_stream
 from tornadoproxy.imitate.tokens import TokenCounting
 from tornadoproxy.observability.imitatemetrics import ImitateMetrics
 from tornadoproxy.observability.metrics import Metrics
@@ -209,7 +209,7 @@ class ImitateService:
         finally:
             answer.exchange.abort("client_gone" if client.gone else "done")
             conversation = answer.reader.conversation_id
-            if self._history == "hide" and conversation:
+            if self._history == "hide" and is_web_id(conversation):
                 self._spawn(self._hide(seat, conversation))
         if isinstance(ending.error, UpstreamError):
             self._counts.count_error(ending.error.code)

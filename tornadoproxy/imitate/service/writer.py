@@ -11,8 +11,10 @@ caller passes `usage_of`.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from tornadoproxy.errors import Code, GatewayBusy, GatewayError, UpstreamError
 from tornadoproxy.formats.sse import encode_comment
@@ -25,6 +27,7 @@ from tornadoproxy.upstream.fetcher import Fetcher
 
 log = logging.getLogger(__name__)
 
+_WEB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 STREAM_HEADERS = (
     ("Content-Type", "text/event-stream; charset=utf-8"),
     ("Cache-Control", "no-cache"),
@@ -47,14 +50,20 @@ class Ending:
 
 
 def answer_headers(answer: OpenAnswer) -> list[tuple[str, str]]:
-    """The web conversation and message ids, for whoever wants them (never the OpenAI `id`)."""
+    """The web conversation and message ids, for whoever wants them (never the OpenAI `id`); an id
+    that is not a plain token (UUIDs are) is left out rather than put in a header line."""
     reader = answer.reader
     headers = []
-    if reader.conversation_id:
+    if is_web_id(reader.conversation_id):
         headers.append(("X-Conversation-Id", reader.conversation_id))
-    if reader.message_id:
+    if is_web_id(reader.message_id):
         headers.append(("X-Message-Id", reader.message_id))
     return headers
+
+
+def is_web_id(value: str | None) -> TypeGuard[str]:
+    """A conversation or message id as the web backend makes them, safe in a header or a path."""
+    return value is not None and _WEB_ID.fullmatch(value) is not None
 
 
 async def write_stream(
