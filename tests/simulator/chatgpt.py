@@ -195,6 +195,8 @@ class NotFoundHandler(ChatGPTHandler):
 ROUTES: list[tuple[str, Any]] = [
     (r"/backend-api/conversations", ConversationsHandler),
     (r"/backend-api/conversation", ConversationCreateHandler),
+    # Where the web client posts conversations since 2025; the gateway's path is configurable.
+    (r"/backend-api/f/conversation", ConversationCreateHandler),
     (r"/backend-api/sentinel/chat-requirements", ChatRequirementsHandler),
     (r"/backend-api/conversation/gen_title/([^/]+)", GenTitleHandler),
     (r"/backend-api/conversation/message_feedback", MessageFeedbackHandler),

@@ -106,6 +106,11 @@ class Relay:
         finally:
             exchange.abort("done")
 
+    async def refused_credential(self, authorization: str) -> None:
+        """The upstream answered 401 to `authorization` on a request the relay did not send itself
+        (an /imitate conversation): a token the cache issued is not served again."""
+        await self._forget_token(authorization)
+
     def unusable(self, upstream: str, proxy: EgressProxy, kind: str) -> None:
         """An answer was a challenge, block or error page (`kind`): count it, and after a challenge
         or block send the next request to `upstream` through another egress proxy, if any."""

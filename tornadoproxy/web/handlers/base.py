@@ -222,6 +222,10 @@ class BaseHandler(RequestHandler):
         self.set_status(status, reason)
         self.finish()
 
+    def log_fields(self) -> dict[str, object]:
+        """Fields of this route's own for the access log line (read when the request ends)."""
+        return {}
+
     # -- credentials and client -------------------------------------------------------------------
     def authorization(self) -> str:
         """The client's upstream credential as `Bearer ...` (credentials.py)."""
