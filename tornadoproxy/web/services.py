@@ -18,6 +18,7 @@ from tornadoproxy.relay.readiness import Readiness
 from tornadoproxy.relay.service import Relay
 from tornadoproxy.web.access import AccessPolicy
 from tornadoproxy.web.body_intake import BodyDeadlines
+from tornadoproxy.web.pooled_relay import PooledRelay
 
 
 @dataclass(slots=True)
@@ -42,3 +43,4 @@ class Services:
     body_deadlines: BodyDeadlines
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     pool: AccountPool | None = None  # None without accounts
+    pooled: PooledRelay | None = None  # the relayed routes' side of the pool (None without accounts)
