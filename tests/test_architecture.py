@@ -77,7 +77,7 @@ ONLY_IN: dict[str, set[str]] = {
     "pycurl": {"upstream"},
     "curl_cffi": {"upstream"},
     "yaml": {"config"},
-    "cachetools": {"auth"},
+    "cachetools": {"auth", "pool"},
     "cryptography": {"auth"},
     "redis": {"auth", "pool"},
     "tiktoken": {"imitate"},

@@ -51,6 +51,7 @@ from tornadoproxy.upstream.request import UpstreamRoute
 from tornadoproxy.web.app import make_app, make_ops_app
 from tornadoproxy.web.body_intake import BodyDeadlines
 from tornadoproxy.web.listener import GatewayHTTPServer
+from tornadoproxy.web.pooled_relay import PooledRelay
 from tornadoproxy.web.services import Lifecycle, Services
 
 log = logging.getLogger(__name__)
@@ -218,6 +219,8 @@ async def serve(
     )
     services.pool = pool
     services.imitate = imitate
+    if pool is not None:
+        services.pooled = PooledRelay(pool, upstream.relay, lambda: lifecycle.draining)
     servers = [_listen(make_app(services), sockets, config, metrics)]
     if ops_sockets:
         servers.append(_listen(make_ops_app(services), ops_sockets, config, metrics))

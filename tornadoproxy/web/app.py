@@ -73,6 +73,8 @@ def _record(services: Services, handler: RequestHandler) -> None:
     }
     if isinstance(handler, BaseHandler):
         fields["upstream_status"] = handler.upstream_status
+        if handler.pool_account is not None:  # the pool account that served a relayed request
+            fields["account"] = handler.pool_account
         fields["bytes"] = handler.bytes_out
         fields["stream"] = handler.streamed
         if handler.stream_end is not None:

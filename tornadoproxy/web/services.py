@@ -19,6 +19,7 @@ from tornadoproxy.relay.readiness import Readiness
 from tornadoproxy.relay.service import Relay
 from tornadoproxy.web.access import AccessPolicy
 from tornadoproxy.web.body_intake import BodyDeadlines
+from tornadoproxy.web.pooled_relay import PooledRelay
 
 
 @dataclass(slots=True)
@@ -44,3 +45,4 @@ class Services:
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     pool: AccountPool | None = None  # None without accounts
     imitate: ImitateService | None = None  # the /imitate service (set by the composition root)
+    pooled: PooledRelay | None = None  # the relayed routes' side of the pool (None without accounts)
