@@ -20,6 +20,7 @@ PACKAGE = ROOT / "tornadoproxy"
 MAY_IMPORT: dict[str, set[str]] = {
     "errors": set(),  # the error catalogue and classes: imported by every layer
     "redact": set(),  # what a secret is and how text is masked: config, logs and egress use it
+    "parentdeath": set(),  # a child process that ends with its parent: workers and proof workers
     "formats": {"errors"},  # SSE and strict JSON, pure: below relay, imitate and web
     "config": {"errors", "redact"},
     "observability": {"errors", "config", "redact"},
@@ -28,10 +29,11 @@ MAY_IMPORT: dict[str, set[str]] = {
     "auth": {"errors", "redact", "formats", "config", "observability", "upstream", "relay"},
     "pool": {"errors", "redact", "config", "observability", "upstream", "auth"},
     # Pure logic of /imitate: nothing that does HTTP, so it can be tested (and reshaped) alone.
-    "imitate": {"errors", "formats"},
+    "imitate": {"errors", "formats", "parentdeath"},
     # ... and the service that runs a completion with it: the orchestration, above the pool.
     "imitate.service": {
         "errors",
+        "parentdeath",
         "redact",
         "formats",
         "config",
@@ -44,6 +46,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     },
     "web": {
         "errors",
+        "parentdeath",
         "redact",
         "formats",
         "config",
@@ -57,6 +60,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     },
     "process": {
         "errors",
+        "parentdeath",
         "redact",
         "formats",
         "config",

@@ -19,7 +19,6 @@ SIGKILL leaves no worker behind.
 from __future__ import annotations
 
 import collections
-import ctypes
 import logging
 import os
 import signal
@@ -31,6 +30,7 @@ from collections.abc import Callable, Sequence
 from tornadoproxy.config.schema import Config, ConfigError
 from tornadoproxy.observability.logs import configure_logging
 from tornadoproxy.observability.sharedmetrics import SupervisorMetrics, forget_worker
+from tornadoproxy.parentdeath import die_with_parent
 from tornadoproxy.upstream.fetcher import UpstreamRoute
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,6 @@ RESTART_WINDOW = 60.0
 # file's last write. The systemd unit's TimeoutStopSec must exceed drain_timeout + DRAIN_GRACE.
 DRAIN_GRACE = 10.0
 _SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-_PR_SET_PDEATHSIG = 1
 
 
 class RestartBudget:
@@ -128,7 +127,7 @@ class Supervisor:
     def _become_worker(self, number: int) -> None:
         status = 1
         try:
-            if _die_with_parent(self._parent):
+            if die_with_parent(self._parent, signal.SIGTERM):
                 # SIGTERM, SIGINT and SIGHUP stay blocked (pending, not lost) until the worker's event
                 # loop has its handlers for them: their default action would kill a starting worker.
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
@@ -212,16 +211,6 @@ class Supervisor:
                 # Not even a zombie: someone else reaped it, so no SIGCHLD will tell us.
                 self._children.pop(pid, None)
                 forget_worker(pid, self._shared_dir)
-
-
-def _die_with_parent(parent: int) -> bool:
-    """Ask for SIGTERM when the parent dies; False if it already has."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass  # not Linux: an orphaned worker then lives until it is stopped
-    return os.getppid() == parent
 
 
 def _describe(code: int) -> str:
