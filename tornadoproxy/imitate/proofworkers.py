@@ -6,6 +6,15 @@ workers are spawned, not forked, so they share nothing with the gateway (sockets
 the event loop), and niced, so that on a small machine the answers being relayed keep the CPU. A
 solve that has started cannot be cancelled (it is bounded by `imitate.proof_max_attempts`); at exit
 the workers are ended at once.
+
+The workers end with the process that owns them even when it is killed (SIGKILL, out of memory): each
+asks the kernel for a SIGKILL when its parent dies. multiprocessing's resource tracker, a process it
+starts beside the first worker, then exits too: it lives while any process holds its pipe, and only
+the owner and the workers do. A tracker that outlives a killed owner unlinks the owner's semaphores
+and warns that they leaked (once per kill; true: the owner could not unlink them). A clean stop
+leaves it nothing to do: `close()` ends the workers and waits for the executor's own thread, which
+lets go of the executor's queues, whose semaphores are then unlinked at once (the gateway's worker
+processes leave with `os._exit`, which skips multiprocessing's exit hooks: nothing later would).
 """
 
 from __future__ import annotations
@@ -13,15 +22,21 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 from concurrent.futures import Executor, ProcessPoolExecutor
+
+from tornadoproxy.parentdeath import die_with_parent
 
 log = logging.getLogger(__name__)
 
 NICENESS = 10
 
 
-def _lower_priority() -> None:
-    """The workers' initializer (it runs in each worker)."""
+def _prepare_worker(owner: int) -> None:
+    """The workers' initializer (it runs in each worker): die with the owner, then lower priority.
+    The executor spawns from the owner's main thread (`submit`), the thread the kernel watches."""
+    if not die_with_parent(owner, signal.SIGKILL):
+        os._exit(0)  # the owner died before we asked: nobody will send work or stop us
     os.nice(NICENESS)
 
 
@@ -31,17 +46,19 @@ class ProofWorkers:
     def __init__(self, workers: int) -> None:
         self._workers = workers
         self._executor = self._spawn()
-        self._retired: list[ProcessPoolExecutor] = []
 
     def _spawn(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            self._workers, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
+            self._workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_prepare_worker,
+            initargs=(os.getpid(),),
         )
 
     def replace_broken(self) -> None:
-        """A worker died and the executor refuses work (BrokenProcessPool): use new workers."""
-        self._retired.append(self._executor)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """A worker died and the executor refuses work (BrokenProcessPool): use new workers. The
+        broken executor has already ended its workers; waiting for its thread takes milliseconds."""
+        _end(self._executor)
         self._executor = self._spawn()
 
     @property
@@ -55,13 +72,18 @@ class ProofWorkers:
 
     def close(self) -> None:
         """Cancel the solves not started, and end the workers without waiting for a running one."""
-        for executor in [*self._retired, self._executor]:
-            executor.shutdown(wait=False, cancel_futures=True)
-            # ProcessPoolExecutor has no public way to stop a running task before Python 3.14's
-            # terminate_workers(); its process table is the one handle on them.
-            processes = list((getattr(executor, "_processes", None) or {}).values())
-            for process in processes:
-                if process.is_alive():
-                    process.terminate()
-            for process in processes:
-                process.join(2)
+        _end(self._executor)
+
+
+def _end(executor: ProcessPoolExecutor) -> None:
+    """End `executor`'s workers at once, wait for its thread and release its semaphores."""
+    # ProcessPoolExecutor has no public way to stop a running task before Python 3.14's
+    # terminate_workers(); its process table is the one handle on them, and shutdown() drops it.
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    for process in processes:
+        process.terminate()  # a no-op for one that has exited
+    # The executor's thread sees the workers go, fails what was pending and joins them: with the
+    # workers gone, waiting for it cannot wait for a solve.
+    executor.shutdown(wait=True, cancel_futures=True)
+    for process in processes:
+        process.join()
