@@ -81,7 +81,9 @@ def _end(executor: ProcessPoolExecutor) -> None:
     # terminate_workers(); its process table is the one handle on them, and shutdown() drops it.
     processes = list((getattr(executor, "_processes", None) or {}).values())
     for process in processes:
-        process.terminate()  # a no-op for one that has exited
+        # SIGKILL, not SIGTERM: a worker holds nothing to clean up, and a worker spawned by a thread
+        # that had SIGTERM blocked would inherit the mask and never end (the join below would hang).
+        process.kill()  # a no-op for one that has exited
     # The executor's thread sees the workers go, fails what was pending and joins them: with the
     # workers gone, waiting for it cannot wait for a solve.
     executor.shutdown(wait=True, cancel_futures=True)
