@@ -1,10 +1,14 @@
 """The pycurl engine: libcurl's multi interface driven from the asyncio loop, one engine per profile.
 
 A transfer is a transport.Transfer run on a reused easy handle (created as transfers need them, up
-to the engine's capacity): `start()` sets every option it needs (the handle was reset after its last
-transfer; a reset keeps nothing of ours but the share, detached every time), adds it to the multi
+to the engine's capacity): `start()` gives the handle the transfer's options, adds it to the multi
 handle and lets libcurl send at once; the sink hears libcurl's header and body callbacks as they
-come and `on_ended` while the handle is still valid. `cancel()` stops a transfer at once by taking
+come and `on_ended` while the handle is still valid. A handle is reset and given every option the
+transfer's setup and the profile own (each to its value or to libcurl's default) unless it last ran
+the same setup and sent the same way, when only the request's own options (URL, body, headers,
+callbacks) are set: that is most requests, a dozen and a half setopt calls fewer each. A login's
+handle (cookies) and one whose transfer failed are reset at once; a reset keeps nothing of ours but
+the share, detached every time. `cancel()` stops a transfer at once by taking
 its handle out of the multi handle. `tls_settings_problem` checks a profile's TLS knobs at start-up.
 
 How libcurl's sockets are watched: libcurl says which sockets it wants to hear about and for what
@@ -231,6 +235,7 @@ class CurlClient:
                 curl = self._free.pop()
             else:
                 curl = pycurl.Curl()
+                curl.setup, curl.method = None, None  # fresh: nothing to reset before preparing
                 self._curls.append(curl)
             transfer, sink = self._transfers.popleft()
             curl.info = sink
@@ -244,7 +249,7 @@ class CurlClient:
                         failure_of(-1, f"the transfer could not be set up ({type(error).__name__})")
                     )
                 finally:
-                    curl.reset()
+                    self._release(curl, failed=True)
                     self._free.append(curl)
                 continue
             sink.on_started(self, curl)
@@ -261,27 +266,44 @@ class CurlClient:
             self._now()  # libcurl sends the requests now
 
     def _set_up(self, curl: pycurl.Curl, transfer: Transfer, sink: Sink) -> None:
+        prepared = curl.setup is transfer.setup and curl.method == transfer.method
+        if not prepared or transfer.cookies is not None:
+            self._prepare(curl, transfer)
         for option, value in transfer.options:
             curl.setopt(option, value)
-        for option, value in self._profile_options:
-            curl.setopt(option, value)
-        if transfer.ca_file:  # else the bundle pycurl found at import (re-applied on reset)
-            curl.setopt(pycurl.CAINFO, transfer.ca_file)
-            curl.setopt(pycurl.CAPATH, None)
-            curl.setopt(pycurl.PROXY_CAINFO, transfer.ca_file)
-            curl.setopt(pycurl.PROXY_CAPATH, None)
         curl.setopt(pycurl.HTTPHEADER, transfer.header_lines)
         # The exchange's own header and body callbacks: they run in libcurl's order, cost no
         # IOLoop callback, and pause the transfer when the client falls behind.
         curl.setopt(pycurl.HEADERFUNCTION, sink.on_header)
         curl.setopt(pycurl.WRITEFUNCTION, sink.on_write)
+        if transfer.cookies is not None:
+            curl.setopt(pycurl.SHARE, transfer.cookies.share(self.engine, _cookie_share))
+            curl.setopt(pycurl.COOKIEFILE, "")  # "" turns the cookie engine on without reading a file
+
+    def _prepare(self, curl: pycurl.Curl, transfer: Transfer) -> None:
+        """Reset the handle and give it the transfer's setup and the profile: every option either
+        sets, each to its value or to libcurl's default. A handle that runs the same setup and
+        sends the same way next keeps them (only the request's own options change); a login's
+        handle (cookies) is reset after it, whatever comes next."""
+        if curl.method is not None:  # None: fresh or just reset
+            curl.reset()
+        setup = transfer.setup
+        for option, value in setup.options:
+            curl.setopt(option, value)
+        for option, value in self._profile_options:
+            curl.setopt(option, value)
+        if setup.ca_file:  # else the bundle pycurl found at import (re-applied on reset)
+            curl.setopt(pycurl.CAINFO, setup.ca_file)
+            curl.setopt(pycurl.CAPATH, None)
+            curl.setopt(pycurl.PROXY_CAINFO, setup.ca_file)
+            curl.setopt(pycurl.PROXY_CAPATH, None)
         # curl_easy_reset keeps a handle's shares and cookies: a handle that served a login would
         # send that login's cookies with the next request it serves. Detaching the share also
         # drops the handle's cookie engine (checked against libcurl 8.23, tests/e2e/test_logins.py).
         curl.setopt(pycurl.SHARE, None)
-        if transfer.cookies is not None:
-            curl.setopt(pycurl.SHARE, transfer.cookies.share(self.engine, _cookie_share))
-            curl.setopt(pycurl.COOKIEFILE, "")  # "" turns the cookie engine on without reading a file
+        reusable = transfer.cookies is None
+        curl.setup = setup if reusable else None
+        curl.method = transfer.method
 
     def _finish(
         self, curl: pycurl.Curl, curl_error: int | None = None, curl_message: str | None = None
@@ -295,8 +317,20 @@ class CurlClient:
         except Exception:
             log.exception("a transfer's completion failed")
         finally:
-            curl.reset()
+            self._release(curl, failed=curl_error is not None)
             self._free.append(curl)
+
+    def _release(self, curl: pycurl.Curl, failed: bool) -> None:
+        """Drop what the handle holds of the transfer (the sink's callbacks, the body); after a
+        failure or a login it is reset whole, and prepared again by the next transfer."""
+        if failed or curl.setup is None:
+            curl.reset()
+            curl.setup = curl.method = None
+            return
+        curl.setopt(pycurl.HEADERFUNCTION, None)
+        curl.setopt(pycurl.WRITEFUNCTION, None)
+        if curl.method[1]:
+            curl.setopt(pycurl.POSTFIELDS, b"")  # pycurl holds the body it was given until then
 
 
 def libcurl_version() -> str:
