@@ -76,6 +76,7 @@ class CurlClient:
         self._soon: asyncio.Handle | None = None  # a "call libcurl now" not yet run
         self._starting = False  # inside start()'s add_handle, which runs libcurl itself right after
         self._acting = False  # inside libcurl (socket_action): no multi call may be made
+        self._closed = False  # closing: libcurl's last callbacks are ignored
         self._curls: list[pycurl.Curl] = []
         self._free: list[pycurl.Curl] = []
         self._transfers: collections.deque[tuple[Transfer, Sink]] = collections.deque()
@@ -125,13 +126,18 @@ class CurlClient:
             if handle is not None:
                 handle.cancel()
         self._timer = self._soon = None
+        # Closing the multi handle shuts its idle connections down, and libcurl may still ask to
+        # watch their sockets or be called back meanwhile: nothing is registered or armed any more.
+        self._closed = True
+        self._multi.close()
         self._loop.remove_reader(self._poller.fileno())
         self._poller.close()
-        self._multi.close()
 
     # -- libcurl's callbacks ----------------------------------------------------------------------
     def _on_socket(self, what: int, fd: int, _multi: object, _data: object) -> None:
         """M_SOCKETFUNCTION: the events libcurl wants on `fd` from now on."""
+        if self._closed:
+            return
         if what == pycurl.POLL_REMOVE:
             self._wanted.pop(fd, None)  # stays in the epoll set while its connection is idle
             return
@@ -149,6 +155,8 @@ class CurlClient:
 
     def _on_timer(self, msecs: int) -> None:
         """M_TIMERFUNCTION: call libcurl back in `msecs` ms (0: now; -1: no timeout needed)."""
+        if self._closed:
+            return
         if msecs < 0:
             if self._timer is not None:
                 self._timer.cancel()
