@@ -33,6 +33,7 @@ from bench.procs import (
     free_port,
     open_fds,
     rss_kb,
+    start_nginx,
     tree,
     wait_http,
 )
@@ -222,36 +223,20 @@ class Bench:
     def _start_nginx(
         self, name: str, template: Path, cpus: str, workers: int, health: str = "/v1/models"
     ) -> Proc:
-        port = free_port()
         assert self.upstream is not None or name == "upstream"
-        values = {
-            "RUN": str(self.run_dir),
-            "NAME": name,
-            "PORT": str(port),
-            "UPSTREAM_PORT": str(self.upstream.port if self.upstream else 0),
-            "WORKERS": str(workers),
-            "NOFILE": str(self.nofile),
-            # nginx counts connections in ways descriptors do not (it warned "worker_connections are
-            # not enough" at 19,000 sockets with 19,900): let the descriptor limit be the only one.
-            "CONNECTIONS": str(max(1024, self.nofile + 1000)),
-        }
-        text = template.read_text()
-        for key, value in values.items():
-            text = text.replace(f"@@{key}@@", value)
-        conf = self.run_dir / f"{name}.conf"
-        conf.write_text(text)
-        argv = [
-            "nginx",
-            "-c",
-            str(conf),
-            "-p",
-            str(self.run_dir),
-            "-e",
-            str(self.run_dir / f"{name}-error.log"),
-        ]
-        proc = self.procs.start(name, argv, cpus, self.env, port)
-        wait_http(f"http://127.0.0.1:{port}{health}", proc)
-        return proc
+        upstream_port = self.upstream.port if self.upstream else 0
+        return start_nginx(
+            self.procs,
+            self.run_dir,
+            name,
+            template,
+            cpus,
+            workers,
+            self.nofile,
+            upstream_port,
+            self.env,
+            health,
+        )
 
     def _start_gateway(self, upstream_url: str, cpus: str, system: str = "gateway") -> Proc | None:
         port = free_port()
@@ -267,8 +252,11 @@ class Bench:
                 return None
             lines.append(f"  workers: {self.settings.workers}")
         lines += [
-            "upstreams:",
+            "upstreams:  # all of them: nothing leaves loopback (the readiness probes included)",
             f"  platform: {upstream_url}",
+            f"  chatgpt: {upstream_url}",
+            f"  auth: {upstream_url}",
+            f"  platform_web: {upstream_url}",
             "fetch:",
             "  max_clients: 20000  # above the bench's largest hold test, so the gate never answers 503",
         ]

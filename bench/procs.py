@@ -115,6 +115,42 @@ def wait_http(url: str, proc: Proc, timeout: float = 20.0) -> None:
     raise RuntimeError(f"{proc.name} did not answer {url} within {timeout:g} s ({last})")
 
 
+def start_nginx(
+    procs: Processes,
+    run_dir: Path,
+    name: str,
+    template: Path,
+    cpus: str,
+    workers: int,
+    nofile: int,
+    upstream_port: int,
+    env: dict[str, str],
+    health: str = "/v1/models",
+) -> Proc:
+    """nginx on a free port from one of bench/conf's templates (@@NAME@@ placeholders filled in)."""
+    port = free_port()
+    values = {
+        "RUN": str(run_dir),
+        "NAME": name,
+        "PORT": str(port),
+        "UPSTREAM_PORT": str(upstream_port),
+        "WORKERS": str(workers),
+        "NOFILE": str(nofile),
+        # nginx counts connections in ways descriptors do not (it warned "worker_connections are
+        # not enough" at 19,000 sockets with 19,900): let the descriptor limit be the only one.
+        "CONNECTIONS": str(max(1024, nofile + 1000)),
+    }
+    text = template.read_text()
+    for key, value in values.items():
+        text = text.replace(f"@@{key}@@", value)
+    conf = run_dir / f"{name}.conf"
+    conf.write_text(text)
+    argv = ["nginx", "-c", str(conf), "-p", str(run_dir), "-e", str(run_dir / f"{name}-error.log")]
+    proc = procs.start(name, argv, cpus, env, port)
+    wait_http(f"http://127.0.0.1:{port}{health}", proc)
+    return proc
+
+
 # -- /proc readings -----------------------------------------------------------------------------
 def tree(pid: int) -> list[int]:
     """`pid` and all its descendants (by scanning /proc once)."""

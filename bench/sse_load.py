@@ -2,7 +2,9 @@
 
 Raw asyncio sockets (HTTP/1.1, chunked decoding, event counting) so that one process on one core can
 hold 10,000 streams. A stream is "ok" when it got HTTP 200, the N data events the model name asks
-for and `data: [DONE]`, then the end of the chunked body. Prints one line `SSEJSON {...}` with the
+for (or `--events`; -1: any number) and `data: [DONE]`, then the end of the chunked body. `--body`
+and `--header` send another request than the default chat completion (a web conversation, an
+/imitate completion with a client key). Prints one line `SSEJSON {...}` with the
 counts, failures by kind, time to headers / first event / end (ms percentiles), the events
 received, and this client's own CPU time and event-loop lag (to show it was not the bottleneck).
 Bounded: an idle timeout per stream and a hard deadline for the whole run.
@@ -138,7 +140,7 @@ class Stream(asyncio.Protocol):
         self.ended_at = time.monotonic()
         if not self.done_event:
             self.failure = "no_done"
-        elif self.events != self.run.expected:
+        elif self.run.expected >= 0 and self.events != self.run.expected:
             self.failure = "wrong_event_count"
         if self.transport is not None:
             self.transport.close()
@@ -163,13 +165,14 @@ class Run:
         self.host = url.hostname or "127.0.0.1"
         self.port = url.port or 80
         self.args = args
-        self.expected = expected_events(args.model)
-        body = json.dumps(
+        self.expected = expected_events(args.model) if args.events is None else args.events
+        body = (args.body or "").encode() or json.dumps(
             {"model": args.model, "stream": True, "messages": [{"role": "user", "content": "Stream."}]}
         ).encode()
+        extra = "".join(f"{header}\r\n" for header in args.header)
         self.request_bytes = (
             f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
-            f"Authorization: Bearer {args.api_key}\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {args.api_key}\r\nContent-Type: application/json\r\n{extra}"
             f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode() + body
         self.open: set[Stream] = set()
@@ -294,6 +297,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=30.0, help="idle timeout per stream, seconds")
     parser.add_argument("--deadline", type=float, default=120.0, help="hard limit for the run, seconds")
     parser.add_argument("--api-key", default="sk-bench-not-a-real-key")
+    parser.add_argument(
+        "--body", default="", help="the request body (JSON text) instead of a chat completion"
+    )
+    parser.add_argument("--header", action="append", default=[], help="another request header, 'Name: value'")
+    parser.add_argument("--events", type=int, default=None, help="data events expected (-1: any number)")
     args = parser.parse_args()
     if not 1 <= args.c <= 10000:
         parser.error("--c must be between 1 and 10000")

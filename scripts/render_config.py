@@ -22,7 +22,9 @@ def plain(default: object) -> object:
 
 
 def render_value(key: str, default: object) -> str:
-    return yaml.safe_dump({key: plain(default)}, default_flow_style=True, width=1000).strip()[1:-1]
+    # In the order declared: a model map is tried in order.
+    flow = yaml.safe_dump({key: plain(default)}, default_flow_style=True, width=1000, sort_keys=False)
+    return flow.strip()[1:-1]
 
 
 hints = typing.get_type_hints(Config)

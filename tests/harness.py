@@ -277,6 +277,7 @@ class Gateway:
             env=environment,
         )
         self.url = f"http://127.0.0.1:{self.port}"
+        self.key_headers: dict[str, str] = {}  # the client key header, for a gateway that needs one
         try:
             wait_for(
                 lambda: self._answers("/healthz"), timeout=15, what=f"gateway on port {self.port} to start"
@@ -308,7 +309,7 @@ class Gateway:
         return [json.loads(line) for line in self.log_text().splitlines() if line.startswith("{")]
 
     def metrics(self) -> str:
-        return request("GET", self.url + "/metrics").body.decode()
+        return request("GET", self.url + "/metrics", headers=self.key_headers).body.decode()
 
     def access_lines(self, route: str | None = None) -> list[dict[str, Any]]:
         """The access log so far (one line per request that ended), optionally of one route."""

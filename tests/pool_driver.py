@@ -1,6 +1,7 @@
 """A process that runs the gateway's account pool, built from a config file as the gateway builds it,
-and takes and gives back slots on request: the pool's consumer, for the tests and the monitoring
-stack, until /imitate and the relayed routes use the pool. `python -m tests.pool_driver CONFIG PORT`
+and takes and gives back slots on request: a consumer the cross-process tests control step by step
+(several pool processes sharing Redis, one killed holding a slot), which real traffic cannot do
+precisely. `python -m tests.pool_driver CONFIG PORT`
 prints one line once it listens on 127.0.0.1:PORT.
 
   POST /acquire?model=&exclude=a,b  -> {"lease", "account"} once a slot is free (or the pool's error)

@@ -1,6 +1,7 @@
 """The account pool in-process, built as the gateway builds it (server.build_pool) from a config file:
 real Fetcher and libcurl, real logins and token cache against the simulator, real Redis when the
-config says so. For the pool's own tests until its consumers (/imitate, relayed routes) exist.
+config says so. For the pool's own tests (its queue, cool-downs and shared state in detail); /imitate
+drives it end to end in tests/e2e/test_imitate_pool.py.
 """
 
 from __future__ import annotations

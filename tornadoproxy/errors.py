@@ -239,11 +239,12 @@ class Code(StrEnum):
         "(access.client_keys); use the ops listener (server.ops_port)",
     )
     # -- /imitate: OpenAI's own codes where OpenAI clients act on them -----------------------------
+    # OpenAI's own code and type for a refused key: SDKs raise their authentication error on it.
     INVALID_API_KEY = (
         "invalid_api_key",
         401,
-        UPSTREAM,
-        "unauthorized",
+        INVALID_REQUEST,
+        "",
         "the ChatGPT upstream refused the accessToken, or it has expired",
     )
     MODEL_NOT_FOUND = (

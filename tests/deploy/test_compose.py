@@ -1,5 +1,7 @@
 """The shipped compose file brought up with Debian's podman-compose: the gateway, Redis holding its
-token cache, and Prometheus scraping it and loading the shipped alerting rules.
+token cache and its account pool's shared state (an account logging in with its password as a compose
+secret, as deploy/docker-compose.yml describes; a relayed conversation served by the pool), and
+Prometheus scraping it and loading the shipped alerting rules.
 
 A test override (written here, applied with `-f` after the shipped file, as a user would override it)
 changes only what this machine needs: every service on the host's network, each on a free loopback
@@ -32,8 +34,10 @@ import yaml
 from tests.conftest import base_config
 from tests.deploy.podman import Podman
 from tests.harness import ROOT, Simulator, deep_merge, free_port, request, wait_for
-from tests.secrets_used import LOGIN_PASSWORD
+from tests.pool_fixtures import jwt
+from tests.secrets_used import CLIENT_KEY, LOGIN_PASSWORD
 from tornadoproxy import __version__
+from tornadoproxy.web.access import key_digest
 
 # The first test of a fresh machine makes the stand-in base and builds the image (about a minute here).
 pytestmark = pytest.mark.timeout(600)
@@ -43,6 +47,7 @@ STANDINS = Path(__file__).parent / "standins"
 # Debian's podman-compose, through a shim for its one defect with host networking (see that file).
 HOST_NETWORK_SHIM = Path(__file__).parent / "podman_host_network.py"
 SERVICES = ("tornadoproxy", "redis", "prometheus")
+KEY = {"X-Gateway-Key": CLIENT_KEY}
 
 
 class Compose:
@@ -50,6 +55,10 @@ class Compose:
 
     def __init__(self, podman: Podman, work: Path, gateway_image: str, sim: Simulator) -> None:
         self.podman, self.work = podman, work
+        # A pool of two accounts: alice logs in (her password a compose secret, as deploy/ says), bob
+        # has a fixed token; relayed /chatgpt requests with the client key are served by them.
+        self.email = f"compose+{uuid.uuid4().hex[:8]}@example.com"
+        sim.add_account(self.email, LOGIN_PASSWORD)
         self.project = f"tptest{uuid.uuid4().hex[:8]}"
         self.port, self.ops_port, self.redis_port, self.prometheus_port = (free_port() for _ in range(4))
         self.override = work / "override.yml"
@@ -64,8 +73,20 @@ class Compose:
         tokens = {"redis_url": f"redis://127.0.0.1:{self.redis_port}/0", "kdf_cost": 10}
         loopback = {"server": server, "tokens": tokens}
         config = self.work / "tornadoproxy.yaml"
-        config.write_text(yaml.safe_dump(deep_merge(deep_merge(shipped, base_config(sim)), loopback)))
+        pool = {
+            "accounts": [
+                {"name": "alice", "username": self.email, "password_file": "/run/secrets/alice_password"},
+                {"name": "bob", "access_token": jwt(sub=f"compose-bob-{uuid.uuid4().hex[:6]}")},
+            ],
+            "access": {"client_keys": [key_digest(CLIENT_KEY)]},
+            "pool": {"serve_chatgpt": True},
+        }
+        merged = deep_merge(deep_merge(deep_merge(shipped, base_config(sim)), loopback), pool)
+        config.write_text(yaml.safe_dump(merged))
         config.chmod(0o644)
+        password = self.work / "alice_password"
+        password.write_text(LOGIN_PASSWORD + "\n")
+        password.chmod(0o644)  # read by the image's user, as deploy/docker-compose.yml says
         prometheus_dir = self.work / "prometheus"
         prometheus_dir.mkdir()
         scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
@@ -83,6 +104,7 @@ class Compose:
                     **host,
                     "image": gateway_image,
                     "volumes": [f"{config}:/etc/tornadoproxy/tornadoproxy.yaml:ro"],
+                    "secrets": ["alice_password"],  # the lines deploy/docker-compose.yml has commented
                     # Raising limits is not permitted here: a service that sets some must keep all at
                     # what containers.conf pins (else podman raises the others to its own defaults).
                     "ulimits": {
@@ -101,7 +123,8 @@ class Compose:
                     "command": [f"--web.listen-address=127.0.0.1:{self.prometheus_port}"],
                     "volumes": [f"{prometheus_dir}:/etc/prometheus:ro"],
                 },
-            }
+            },
+            "secrets": {"alice_password": {"file": str(password)}},
         }
 
     def __call__(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -177,7 +200,7 @@ def test_compose_brings_up_the_gateway_redis_and_prometheus(compose: Compose, si
 
     def ready() -> bool:
         try:
-            return request("GET", gateway + "/readyz", timeout=2).status == 200
+            return request("GET", f"http://127.0.0.1:{compose.ops_port}/readyz", timeout=2).status == 200
         except OSError:
             state = compose.podman.inspect(ids["tornadoproxy"])["State"]
             if state["Status"] not in ("running", "created", "configured"):
@@ -186,15 +209,10 @@ def test_compose_brings_up_the_gateway_redis_and_prometheus(compose: Compose, si
             return False
 
     wait_for(ready, timeout=60, interval=0.2, what="the compose gateway's /readyz")
-    # Its token cache is the redis service: a login lands there, sealed.
-    email = f"compose+{uuid.uuid4().hex[:8]}@example.com"
-    sim.add_account(email, LOGIN_PASSWORD)
-    answer = request("POST", gateway + "/chatgpt/login", body={"username": email, "password": LOGIN_PASSWORD})
-    assert answer.status == 200, answer.body
     client = redis.Redis(host="127.0.0.1", port=compose.redis_port, decode_responses=True)
     try:
-        keys = wait_for(lambda: list(client.scan_iter("tornadoproxy:tokens:*")), what="the login in Redis")
-        assert len(keys) >= 2 and all(email not in key for key in keys)  # the secret, the record, its index
+        check_token_cache(gateway, sim, client)
+        check_pool(compose, gateway, client)
         assert client.config_get("appendonly")["appendonly"] == "yes"
     finally:
         client.close()
@@ -218,3 +236,52 @@ def test_compose_brings_up_the_gateway_redis_and_prometheus(compose: Compose, si
         status = compose.podman.run("exec", ident, "cat", "/proc/1/status").stdout
         uid = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1]
         assert uid != "0", name
+
+
+def check_token_cache(gateway: str, sim: Simulator, client: redis.Redis) -> None:
+    """The token cache is the redis service: a login lands there, sealed."""
+    email = f"compose+{uuid.uuid4().hex[:8]}@example.com"
+    sim.add_account(email, LOGIN_PASSWORD)
+    login = {"username": email, "password": LOGIN_PASSWORD}
+    answer = request("POST", gateway + "/chatgpt/login", headers=KEY, body=login)
+    assert answer.status == 200, answer.body
+    keys = wait_for(lambda: list(client.scan_iter("tornadoproxy:tokens:*")), what="the login in Redis")
+    assert len(keys) >= 2 and all(email not in key for key in keys)  # the secret, the record, its index
+
+
+def check_pool(compose: Compose, gateway: str, client: redis.Redis) -> None:
+    """The account pool shares its state through the same redis service: its process, the accounts it
+    has tokens for, the slots' last use, and the conversation map of a relayed conversation."""
+    ops = f"http://127.0.0.1:{compose.ops_port}"
+
+    def pool_ready() -> bool:
+        report = request("GET", ops + "/accounts").json()
+        return report["shared"] == "redis" and all(a["state"] == "ready" for a in report["accounts"])
+
+    wait_for(pool_ready, timeout=30, what="alice's login (her password a compose secret) and Redis")
+    body = {
+        "action": "next",
+        "model": "text-davinci-002-render-sha",
+        "parent_message_id": str(uuid.uuid4()),
+        "messages": [{"id": str(uuid.uuid4()), "content": {"content_type": "text", "parts": ["hi"]}}],
+    }
+    answer = request("POST", gateway + "/chatgpt/conversation", headers=KEY, body=body)
+    assert answer.status == 200 and answer.header("X-Pool-Account") in ("alice", "bob"), answer.body
+    conversation = next(
+        json.loads(line[6:])["conversation_id"]
+        for line in answer.body.decode().splitlines()
+        if line.startswith("data: {")
+    )
+    prefix = "tornadoproxy:pool:"
+    learned = wait_for(lambda: client.hget(prefix + "aff", f"c:{conversation}"), what="the conversation map")
+    assert learned == answer.header("X-Pool-Account")
+    keys = set(client.scan_iter(prefix + "*"))
+    assert {prefix + "idle", prefix + "aff", prefix + "aff:t", prefix + "bind:alice"} <= keys, keys
+    assert any(key.startswith(prefix + "alive:") for key in keys) and any(
+        key.startswith(prefix + "u:") for key in keys
+    )
+    (usable,) = [client.get(key) for key in keys if key.startswith(prefix + "u:")]
+    assert usable == "|alice|bob|"
+    # Accounts by name only: no e-mail address, no password, no token in any key or field.
+    names = " ".join(keys) + json.dumps([client.hgetall(prefix + "aff"), client.hgetall(prefix + "idle")])
+    assert compose.email not in names and LOGIN_PASSWORD not in names and "eyJ" not in names

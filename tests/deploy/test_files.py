@@ -139,6 +139,19 @@ def test_docker_compose_accepts_the_file_with_and_without_the_warp_profile() -> 
     assert refused.returncode != 0 and "set GRAFANA_ADMIN_PASSWORD" in refused.stderr
 
 
+def test_the_local_override_puts_gateway_and_redis_on_the_host_network() -> None:
+    """deploy/local.override.yml (README "Trying it on one machine first"), merged by compose."""
+    merged = compose("-f", "local.override.yml", "config")
+    assert merged.returncode == 0, merged.stderr
+    services = yaml.safe_load(merged.stdout)["services"]
+    assert services["tornadoproxy"]["network_mode"] == services["redis"]["network_mode"] == "host"
+    (volume,) = services["tornadoproxy"]["volumes"]  # the shipped config replaced by the trial's
+    source, target, *_ = volume.split(":")  # docker-compose 1.29 writes "source:target:mode"
+    assert target == "/etc/tornadoproxy/tornadoproxy.yaml" and source == str(ROOT / "local.yaml")
+    shipped = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]["redis"]
+    assert services["redis"]["command"] == shipped["command"]  # Redis as shipped, on the host's 6379
+
+
 def test_compose_wiring_fits_the_gateway_config() -> None:
     services = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
     for service in services.values():

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.conftest import base_config
+from tests.deploy.kubernetes_accounts import account_files
 from tests.deploy.podman import BASE_NAMES, Podman
 from tests.harness import ROOT, Simulator, request, wait_for
 from tests.secrets_used import ACCESS_TOKEN, API_KEY
@@ -218,5 +219,9 @@ def test_the_kubernetes_init_step_runs_in_the_image(
         "--entrypoint", init["command"][0], gateway_image, *init["command"][1:],
     )  # fmt: skip
     (written,) = out.iterdir()
-    config = load_config(str(written), {})
+    merged = tmp_path / "merged.yaml"
+    merged.write_text(written.read_text())
+    account_files(tmp_path / "accounts", merged)  # the accounts Secret the gateway container mounts
+    config = load_config(str(merged), {})
+    assert [account.name for account in config.accounts] == ["alice", "bob"]
     assert config.tokens.store == "redis" and config.tokens.redis_url.startswith("redis://:")

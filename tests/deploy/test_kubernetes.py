@@ -20,9 +20,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.deploy.kubernetes_accounts import MOUNT, account_files
 from tests.harness import ROOT
 from tornadoproxy import __version__
-from tornadoproxy.config.schema import load_config
+from tornadoproxy.process.wiring import load
 from tornadoproxy.process.workers import DRAIN_GRACE
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -203,7 +204,20 @@ def merged_config(tmp_path: Path) -> Path:
 
 
 def test_the_merged_configuration_fits_the_deployment(tmp_path: Path) -> None:
-    config = load_config(str(merged_config(tmp_path)), {})
+    spec = one(base_objects(), "Deployment")["spec"]["template"]["spec"]
+    (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "accounts"]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "accounts"]
+    assert volume["secret"]["secretName"] == "tornadoproxy-accounts" and volume["secret"]["optional"] is True
+    assert mount["mountPath"] == MOUNT
+    merged = merged_config(tmp_path)
+    assert f"{MOUNT}/" in merged.read_text()  # the accounts' files are where the pod has them
+    secrets = account_files(tmp_path / "accounts", merged)
+    config, _, _ = load(str(merged), {})  # every check of a start, the pool's included
+    accounts = {account.name: account for account in config.accounts}
+    assert accounts["alice"].password.reveal() == secrets["alice-password"] and accounts["alice"].logs_in
+    assert accounts["bob"].access_token.reveal() == secrets["bob-access-token"]
+    # The pool is shared by every replica through the token store's Redis.
+    assert config.tokens.store == "redis" and config.pool.redis_prefix and config.pool.slot_lease
     secret = yaml.safe_load((KUBERNETES / "overlays" / "production" / "secret.yaml.example").read_text())
     assert config.tokens.redis_url == secret["tokens"]["redis_url"] and config.tokens.store == "redis"
     assert config.access.client_keys == tuple(secret["access"]["client_keys"])
@@ -252,7 +266,8 @@ def test_the_merge_keeps_secrets_out_of_its_output(tmp_path: Path) -> None:
 def test_the_secret_files_are_never_committed() -> None:
     ignored = (KUBERNETES / "overlays" / "production" / ".gitignore").read_text().split()
     generated = yaml.safe_load((KUBERNETES / "overlays" / "production" / "kustomization.yaml").read_text())
-    (generator,) = generated["secretGenerator"]
-    assert set(generator["files"]) <= set(ignored)
-    for name in generator["files"]:
+    names = [name for generator in generated["secretGenerator"] for key in ("files", "envs")
+             for name in generator.get(key, [])]  # fmt: skip
+    assert {"secret.yaml", "redis-password", "accounts.env"} <= set(names) and set(names) <= set(ignored)
+    for name in names:
         assert (KUBERNETES / "overlays" / "production" / f"{name}.example").exists(), name

@@ -36,10 +36,11 @@ from tests.harness import (
     streaming,
     wait_for,
 )
-from tests.pool_fixtures import PoolProcess, fixed_accounts, jwt, write_config
+from tests.pool_fixtures import jwt
 from tests.prometheus import PrometheusServer, alert_rules, dashboard_expressions, scrape_config
-from tests.secrets_used import API_KEY, LOGIN_PASSWORD, OTHER_PASSWORD, WRONG_PASSWORD
+from tests.secrets_used import API_KEY, CLIENT_KEY, LOGIN_PASSWORD, OTHER_PASSWORD, WRONG_PASSWORD
 from tests.simulator import pages
+from tornadoproxy.web.access import key_digest
 
 AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
 SSE = [["Content-Type", "text/event-stream"]]
@@ -69,8 +70,8 @@ def served_by(gw: Gateway) -> set[int]:
 
 class Stack:
     """The gateway (two workers, Redis token store, a dead egress proxy for chatgpt, an account pool
-    with an invalid account and one whose logins are challenged), a pool process whose requests wait
-    (tests/pool_driver.py: the pool's consumer until /imitate serves from it) and Prometheus."""
+    with an invalid account and one whose logins are challenged), a second gateway whose /imitate
+    requests wait for its one pool account, and Prometheus."""
 
     def __init__(self, work: Path, log_dir: Path, simulator: Simulator) -> None:
         self.redis = RedisServer(log_dir)
@@ -93,12 +94,19 @@ class Stack:
         }
         self.gateway = Gateway(deep_merge(base_config(simulator), config), log_dir)
         self.gateway.wait_ready()
-        driver_config = write_config(simulator, work, {"accounts": fixed_accounts(1)}, "driver.yaml")
-        self.driver = PoolProcess(driver_config, log_dir)
-        self.waits = threading.Thread(target=keep_requests_waiting, args=(self.driver,))
+        imitating = {
+            "access": {"client_keys": [key_digest(CLIENT_KEY)]},
+            "accounts": [{"name": "dave", "access_token": jwt(sub="dave")}],
+            "server": {"ops_port": free_port()},
+        }
+        self.imitating = Gateway(deep_merge(base_config(simulator), imitating), log_dir)
+        self.imitating.key_headers = {"X-Gateway-Key": CLIENT_KEY}
+        self.imitating.wait_ready(headers=self.imitating.key_headers)
+        self.waits = threading.Thread(target=imitate_requests_waiting, args=(self.imitating, simulator))
         self.waits.start()
-        # The second target is down; the third is the pool process.
-        targets = [f"127.0.0.1:{self.ops_port}", f"127.0.0.1:{free_port()}", f"127.0.0.1:{self.driver.port}"]
+        # The second target is down; the third is the gateway whose requests wait.
+        imitating_ops = f"127.0.0.1:{self.imitating.config['server']['ops_port']}"
+        targets = [f"127.0.0.1:{self.ops_port}", f"127.0.0.1:{free_port()}", imitating_ops]
         self.prometheus = PrometheusServer(work, scrape_config(targets))
         # Prometheus starts scraping a few seconds after it is ready (target updates are throttled);
         # the traffic starts once the series before it are stored, so that rates have a start.
@@ -112,23 +120,27 @@ class Stack:
     def stop(self) -> None:
         self.prometheus.stop()
         self.waits.join(30)
-        self.driver.stop()
+        self.imitating.stop()
         assert self.gateway.stop() == 0
         self.redis.stop()
 
 
-def keep_requests_waiting(driver: PoolProcess) -> None:
-    """Requests that wait 6 s for the pool's one account (the queue-wait series and alert)."""
-    held = driver.acquire()
-    with ThreadPoolExecutor(3) as executor:
-        waiting = [executor.submit(driver.acquire) for _ in range(3)]
-        wait_for(
-            lambda: metric_value(driver.metrics(), "tornadoproxy_pool_queue_length") == 3, what="waiters"
-        )
+def imitate_requests_waiting(gw: Gateway, sim: Simulator) -> None:
+    """/imitate requests that wait 6 s for the gateway's one pool account (the queue-wait series and
+    alert): one answer holds the account at a gate while three more wait in the queue."""
+    sim.script_answer(["held", " answer"], gates={"1": "dave"}, times=4)
+    body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+    headers = {"Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": "application/json"}
+    url = gw.url + "/imitate/v1/chat/completions"
+    with ThreadPoolExecutor(4) as executor:
+        held = executor.submit(request, "POST", url, headers=headers, body=body)
+        sim.wait_reached("dave")
+        waiting = [executor.submit(request, "POST", url, headers=headers, body=body) for _ in range(3)]
+        wait_for(lambda: metric_value(gw.metrics(), "tornadoproxy_pool_queue_length") == 3, what="waiters")
         time.sleep(6)  # the scenario itself: requests that waited long, not a wait for something
-        driver.release(held["lease"])
-        for future in as_completed(waiting, timeout=30):  # each one served once the one before is done
-            driver.release(future.result()["lease"])
+        sim.release("dave")
+        for future in as_completed([held, *waiting], timeout=30):  # each served once the one before is done
+            assert future.result().status == 200
 
 
 @pytest.fixture
@@ -288,16 +300,29 @@ def restart_a_worker(gw: Gateway) -> None:
 
 
 def fail_a_reload(gw: Gateway) -> None:
+    """A reload that every worker refuses. Each worker reads the file when its SIGHUP arrives: the
+    good file comes back only once both have failed, and by rename, so that no worker can read a
+    half-written (or empty: all defaults) file."""
+
+    def failed() -> float:
+        return metric_value(gw.metrics(), "tornadoproxy_config_reloads_total", outcome="failed")
+
     good = gw.config_path.read_text()
+    before = failed()
     gw.config_path.write_text("server:\n  port: not-a-port\n")
     try:
         gw.process.send_signal(signal.SIGHUP)
         wait_for(
-            lambda: metric_value(gw.metrics(), "tornadoproxy_config_last_reload_successful") == 0,
-            what="the failed reload to show",
+            lambda: (
+                failed() == before + 2
+                and metric_value(gw.metrics(), "tornadoproxy_config_last_reload_successful") == 0
+            ),
+            what="both workers to refuse the reload",
         )
     finally:
-        gw.config_path.write_text(good)
+        restored = gw.config_path.with_suffix(".restored")
+        restored.write_text(good)
+        restored.replace(gw.config_path)
 
 
 def test_every_dashboard_and_alert_expression_returns_data(stack: Stack, sim: Simulator) -> None:
@@ -345,7 +370,7 @@ def test_every_dashboard_and_alert_expression_returns_data(stack: Stack, sim: Si
     targets = prometheus.api("targets")["activeTargets"]
     healthy = [t for t in targets if t["health"] == "up"]
     assert len(targets) == 3 and len(healthy) == 2 and all(t["lastError"] == "" for t in healthy)
-    stack.waits.join(30)  # the pool process's long waits are over and counted
+    stack.waits.join(30)  # the long waits of the second gateway's requests are over and counted
 
     empty = []
     for title, expr in dashboard_expressions():

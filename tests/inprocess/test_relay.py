@@ -88,3 +88,44 @@ def test_a_body_over_the_buffer_size_is_passed_on_as_it_arrives() -> None:
             assert client.status == 200 and not client.streamed and not client.cut_off
 
     asyncio.run(run())
+
+
+class Watching:
+    """A relay Watch that notes what it saw and what its client had been given by then."""
+
+    def __init__(self, client: RecordingClient) -> None:
+        self.client = client
+        self.seen: list[tuple[str, bytes, int]] = []
+
+    def events(self, events: bytes) -> None:
+        self.seen.append(("events", events, len(b"".join(self.client.deliveries))))
+
+    def body(self, status: int, body: bytes) -> None:
+        self.seen.append((f"body {status}", body, len(self.client.finished or b"")))
+
+
+def test_a_watch_sees_each_answer_before_its_client_does() -> None:
+    async def run() -> None:
+        async with against_loopback() as (upstream, side):
+            client = RecordingClient()
+            watch = Watching(client)
+            relay = asyncio.create_task(side.relay.relay(side.request("/events"), client, watch=watch))
+            while not any(b"data: one" in piece for piece in client.deliveries):
+                client.delivered.clear()
+                await asyncio.wait_for(client.delivered.wait(), 10)
+            upstream.holds.release("event-2")
+            await asyncio.wait_for(relay, 10)
+            # Each batch seen while the client had only what came before it.
+            assert [(kind, given) for kind, _, given in watch.seen] == [("events", 0), ("events", 11)]
+            assert b"".join(events for _, events, _ in watch.seen) == b"data: one\n\ndata: two\n\n"
+            buffered = RecordingClient()
+            watch = Watching(buffered)
+            await side.relay.relay(side.request("/unauthorized"), buffered, watch=watch)
+            assert watch.seen == [("body 401", b'{"error":{"code":"invalid_api_key"}}', 0)]
+            challenged = RecordingClient()
+            watch = Watching(challenged)
+            with pytest.raises(UpstreamError):  # a page replaced by its error is not an answer relayed
+                await side.relay.relay(side.request("/challenge"), challenged, watch=watch)
+            assert watch.seen == []
+
+    asyncio.run(run())

@@ -1,7 +1,9 @@
 """Starts the simulator: one listener per upstream family plus a control listener, all on loopback.
 
 `python -m tests.simulator` prints one JSON line with each listener's base URL, then serves until
-SIGTERM. Families that later issues add (chatgpt, auth, platform_web) register in FAMILIES.
+SIGTERM. Families that later issues add (chatgpt, auth, platform_web) register in FAMILIES. With
+`--gateway-config FILE` it also writes the gateway's `upstreams:` section pointing at itself (README
+"Trying it on one machine first"), complete before the file appears.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from typing import Any
@@ -59,18 +62,32 @@ def _listen(app: Application, host: str) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def run(hosts: dict[str, str]) -> None:
+async def run(hosts: dict[str, str], gateway_config: str | None = None) -> None:
     state = State()
     urls = {"control": _listen(control_app(state), "127.0.0.1")}
     for family in FAMILIES:
         urls[family] = _listen(family_app(state, family), hosts.get(family, "127.0.0.1"))
     auth.configure(state, urls)
+    if gateway_config:
+        _write_gateway_config(gateway_config, urls)
     print(json.dumps(urls), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     await stop.wait()
+
+
+def _write_gateway_config(path: str, urls: dict[str, str]) -> None:
+    lines = [
+        "# Written by the simulator (tests/simulator): the upstreams it stands in for, on loopback.",
+        "upstreams:",
+    ]
+    lines += [f'  {family}: "{urls[family]}"' for family in FAMILIES]
+    partial = path + ".partial"
+    with open(partial, "w", encoding="utf-8") as stream:
+        stream.write("\n".join(lines) + "\n")
+    os.replace(partial, path)  # whoever waits for the file sees it whole
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FAMILY=ADDR",
         help="loopback address or localhost a family listens on (default 127.0.0.1)",
     )
+    parser.add_argument(
+        "--gateway-config",
+        metavar="FILE",
+        help="also write a gateway configuration whose upstreams are this simulator's listeners",
+    )
     args = parser.parse_args(argv)
     hosts = dict(item.split("=", 1) for item in args.host)
     # Only 127.0.0.1, localhost and ::1 are secure contexts for libcurl's cookie engine (measured with
@@ -90,5 +112,5 @@ def main(argv: list[str] | None = None) -> int:
     if any(not (addr.startswith("127.") or addr in ("localhost", "::1")) for addr in hosts.values()):
         print("simulator: only loopback addresses", file=sys.stderr)
         return 2
-    asyncio.run(run(hosts))
+    asyncio.run(run(hosts, args.gateway_config))
     return 0

@@ -1,7 +1,8 @@
 """The ChatGPT web backend (`/backend-api/...`) as in docs/upstream-chatgpt.md: conversation
 lists, reading, renaming and hiding, titles, feedback, models, accounts/check; the conversation
 stream lives in conversation.py, the sentinel in sentinel.py, tokens and account state in webbase.py.
-A conversation created with `history_and_training_disabled` is never listed.
+A conversation created with `history_and_training_disabled` is never listed. Lists and hide-all
+see the token's own account's conversations only.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ class ConversationsHandler(ChatGPTHandler):
         offset = int(self.get_argument("offset", "0"))
         limit = int(self.get_argument("limit", "20"))
         visible = [
-            c for c in self.data.conversations.values() if c["is_visible"] and not c["history_disabled"]
+            c
+            for c in self.data.conversations.values()
+            if c["is_visible"] and not c["history_disabled"] and c["owner"] == self.account
         ]
         items = [
             {k: c[k] for k in ("id", "title", "create_time", "update_time", "is_archived")}
@@ -74,7 +77,8 @@ class ConversationsHandler(ChatGPTHandler):
             )
             return
         for conversation in self.data.conversations.values():
-            conversation["is_visible"] = bool(body["is_visible"])
+            if conversation["owner"] == self.account:
+                conversation["is_visible"] = bool(body["is_visible"])
         self.reply(200, {"success": True})
 
 
@@ -195,6 +199,8 @@ class NotFoundHandler(ChatGPTHandler):
 ROUTES: list[tuple[str, Any]] = [
     (r"/backend-api/conversations", ConversationsHandler),
     (r"/backend-api/conversation", ConversationCreateHandler),
+    # Where the web client posts conversations since 2025; the gateway's path is configurable.
+    (r"/backend-api/f/conversation", ConversationCreateHandler),
     (r"/backend-api/sentinel/chat-requirements", ChatRequirementsHandler),
     (r"/backend-api/conversation/gen_title/([^/]+)", GenTitleHandler),
     (r"/backend-api/conversation/message_feedback", MessageFeedbackHandler),

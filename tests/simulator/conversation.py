@@ -1,8 +1,10 @@
 """`POST /backend-api/conversation`: the answer stream, the account's limits and the sentinel check.
 
-Order of checks: the token, the body (422), the sentinel headers (403 "Unusual activity", see
-sentinel.py), the message cap (429 `model_cap_exceeded` with `clears_in`), one answer at a time per
-account (429 "Only one message at a time"). Then the answer streams:
+Order of checks: the token, the body (422), the conversation (a `conversation_id` of another
+account's conversation is 404 "Can't load conversation"; an unknown one starts a conversation of that
+id), the sentinel headers (403 "Unusual activity", see sentinel.py), the message cap (429
+`model_cap_exceeded` with `clears_in`), one answer at a time per account (429 "Only one message at a
+time"). Then the answer streams:
 - a scripted answer (`/__sim__/chatgpt/answers`: pieces, finish, gates before pieces, in-stream
   error, cut) or else "You said: <last message>", word by word;
 - in the v1 delta framing when the body asks for `supported_encodings: ["v1"]` (webanswers.py),
@@ -78,6 +80,10 @@ class ConversationCreateHandler(ChatGPTHandler):
                     ]
                 },
             )
+            return
+        known = self.data.conversations.get(str(body.get("conversation_id") or ""))
+        if known is not None and known["owner"] != self.account:
+            self.reply(404, {"detail": f"Can't load conversation {known['id']}"})
             return
         if not self._admitted():
             return
@@ -177,6 +183,7 @@ class ConversationCreateHandler(ChatGPTHandler):
             now = time.time()
             self.data.conversations[ident] = {
                 "id": ident,
+                "owner": self.account,
                 "conversation_id": ident,
                 "title": "New chat",
                 "create_time": now,

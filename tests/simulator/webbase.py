@@ -3,7 +3,8 @@
 Tokens: a Bearer token that looks like a JWT (`eyJ...`) is accepted, except one whose text contains
 `expired` (401 token_expired); anything else is 401 Unauthorized. The account a token belongs to
 is its JWT `sub` when the payload decodes, else the token itself: per-account limits (one answer
-at a time, message caps) and sentinel tokens are kept by that key.
+at a time, message caps), sentinel tokens and conversations are kept by that key. As upstream, an
+account sees only its own conversations: another account's id is 404 "Can't load conversation".
 """
 
 from __future__ import annotations
@@ -111,6 +112,6 @@ class ChatGPTHandler(SimHandler):
 
     def conversation_or_404(self, ident: str) -> dict[str, Any] | None:
         conversation = self.data.conversations.get(ident)
-        if conversation is None:
+        if conversation is None or conversation["owner"] != self.account:
             self.reply(404, {"detail": f"Can't load conversation {ident}"})
         return conversation

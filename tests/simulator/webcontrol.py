@@ -109,7 +109,7 @@ class LimitsControlHandler(WebControlHandler):
 
 class ConversationsControlHandler(WebControlHandler):
     def get(self) -> None:
-        fields = ("id", "title", "is_visible", "history_disabled", "mapping")
+        fields = ("id", "owner", "title", "is_visible", "history_disabled", "mapping")
         self.reply([{k: c[k] for k in fields} for c in self.data.conversations.values()])
 
 

@@ -134,3 +134,13 @@ def test_upstream_refusals_become_the_contracts_codes() -> None:
     assert pooled is not None and pooled.status == 502 and pooled.kind == "unauthorized"
     assert refusal(403, b"<html>Just a moment...</html>", own_token=False) is None  # diagnosis reads pages
     assert refusal(500, b'{"detail":"x"}', own_token=False) is None
+
+
+@pytest.mark.parametrize("model", ["gpt-4o", 'odd "model" \u0000 name', "ünïcode"])
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_content_chunks_from_the_template_are_the_chunks_themselves(model: str, include_usage: bool) -> None:
+    stream = ChunkStream(model, include_usage=include_usage)
+    for text in ("token ", 'quote " backslash \\ newline \n', "\u0000\u2028 你好 🙂", ""):
+        assert stream.content(text) == stream._chunk({"content": text}, None)
+        chunk = json.loads(stream.content(text).decode()[len("data: ") :])
+        assert chunk["choices"][0]["delta"] == {"content": text} and chunk["model"] == model

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
+from tornadoproxy.config.imitate import DEFAULT_MODEL, DEFAULT_MODELS
 from tornadoproxy.errors import BadRequest, NotFound
 from tornadoproxy.imitate.conversation import conversation_body
-from tornadoproxy.imitate.models import DEFAULT_MODEL, DEFAULT_MODELS, ModelMap, resolve_model
+from tornadoproxy.imitate.models import ModelMap, resolve_model
 from tornadoproxy.imitate.request import IGNORED_FIELDS, ChatMessage, read_chat_request
 
 

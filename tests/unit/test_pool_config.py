@@ -68,6 +68,13 @@ def test_bad_accounts_name_the_key(tmp_path: Path, accounts: Any, message: str) 
         ({"pool": {"login_backoff": 60, "login_backoff_cap": 10}}, "pool.login_backoff_cap: must not"),
         ({"pool": {"slot_lease": 1}}, "pool.slot_lease: must be between 2 and 3600"),
         ({"pool": {"queue_size": -1}}, "pool.queue_size: must be between 0"),
+        ({"pool": {"serve_chatgpt": True}}, "pool.serve_chatgpt: there are no accounts"),
+        (
+            {"accounts": [BOB], "pool": {"serve_chatgpt": True}},
+            "pool.serve_chatgpt: needs access.client_keys",
+        ),
+        ({"pool": {"conversation_map_size": 0}}, "pool.conversation_map_size: must be between 1"),
+        ({"pool": {"conversation_ttl": 1}}, "pool.conversation_ttl: must be between 60"),
     ],
 )
 def test_settings_that_do_not_fit_together(tmp_path: Path, extra: dict[str, Any], message: str) -> None:

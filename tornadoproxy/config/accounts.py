@@ -164,6 +164,24 @@ class PoolConfig:
         "prefix of every Redis key of the shared pool (tokens.store redis)",
         reload=False,
     )
+    serve_chatgpt: bool = option(
+        False,
+        "relayed /chatgpt/... requests that carry a client key and no accessToken of their own are "
+        "served by pool accounts (README: Relayed routes served by the pool); needs access.client_keys",
+    )
+    conversation_map_size: int = option(
+        20000,
+        "conversations (and sentinel tokens) whose account the gateway remembers, so that reading or "
+        "continuing one goes to the account that made it; in each process, and in Redis when shared",
+        between(1, 10_000_000),
+        reload=False,
+    )
+    conversation_ttl: float = option(
+        2592000.0,
+        "seconds a conversation stays bound to its account after its last answer (30 days)",
+        between(60, 31_536_000),
+        reload=False,
+    )
 
 
 def resolve_account_secrets(

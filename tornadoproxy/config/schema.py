@@ -39,6 +39,7 @@ from tornadoproxy.config.checks import (
     readable_file,
     redis_url,
 )
+from tornadoproxy.config.imitate import ImitateConfig
 from tornadoproxy.config.options import ConfigError, build, option, section
 
 MIB = 1024 * 1024
@@ -401,6 +402,9 @@ class Config:
     )
     pool: PoolConfig = section(
         PoolConfig, "how requests share the accounts: queue, cool-downs, token refresh"
+    )
+    imitate: ImitateConfig = section(
+        ImitateConfig, "/imitate/v1/...: ChatGPT web accounts answering as the OpenAI API"
     )
 
 

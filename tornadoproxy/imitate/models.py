@@ -12,14 +12,6 @@ from dataclasses import dataclass
 
 from tornadoproxy.errors import Code, NotFound
 
-# What a gateway without an `imitate` section maps (the configuration contract's example).
-DEFAULT_MODELS: dict[str, str] = {
-    "gpt-4o": "gpt-4o",
-    "gpt-4o-mini": "gpt-4o-mini",
-    "gpt-3.5-turbo": "text-davinci-002-render-sha",
-}
-DEFAULT_MODEL = "auto"
-
 
 @dataclass(frozen=True, slots=True)
 class ModelMap:

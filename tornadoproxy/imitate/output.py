@@ -55,6 +55,7 @@ class ChunkStream:
         self.created = int(time.time()) if created is None else created
         self.model = model
         self.include_usage = include_usage
+        self._content_template: tuple[bytes, bytes] | None = None
 
     def _chunk(self, delta: dict[str, str], finish_reason: str | None) -> bytes:
         payload: dict[str, Any] = {
@@ -73,7 +74,15 @@ class ChunkStream:
         return self._chunk({"role": "assistant", "content": ""}, None)
 
     def content(self, text: str) -> bytes:
-        return self._chunk({"content": text}, None)
+        """A content chunk: the hot path of a stream, so the bytes around the text are made once
+        (the same bytes `_chunk` makes; tests/unit/test_imitate_output.py compares them)."""
+        template = self._content_template
+        if template is None:
+            marker = "\u0000"
+            # The last occurrence: the content comes after the model, which the client names.
+            head, tail = self._chunk({"content": marker}, None).rsplit(json.dumps(marker).encode(), 1)
+            template = self._content_template = (head, tail)
+        return template[0] + json.dumps(text, ensure_ascii=False).encode() + template[1]
 
     def finish(self, reason: str, usage: Usage | None = None) -> bytes:
         """The closing events: the finish chunk, the usage chunk when asked for, `[DONE]`."""

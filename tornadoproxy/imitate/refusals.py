@@ -54,6 +54,7 @@ def _unauthorized(own_token: bool) -> UpstreamError:
         return UpstreamError(
             "the ChatGPT upstream refused the accessToken, or it has expired",
             code=Code.INVALID_API_KEY,
+            kind="unauthorized",  # counted as the upstream's refusal, whoever's token it was
         )
     return UpstreamError(
         "the ChatGPT upstream refused the account's accessToken",

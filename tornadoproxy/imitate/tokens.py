@@ -4,21 +4,27 @@ The counts are those of OpenAI's own tokenizer (tiktoken) with the o200k_base en
 later models, whatever web model answered. tiktoken would download the encoding at run time; the
 ranks ship instead in `data/o200k_base.tiktoken.gz` (see data/NOTICE), and are checked against the
 SHA-256 tiktoken itself expects before use. Nothing here touches the network.
-Loading takes about 0.3 s and 80 MB, so `load_counter` is meant to run once, off the event loop.
+Loading takes about 0.3 s and 80 MB, so `load_counter` runs once, off the event loop, when the
+first completion arrives (`TokenCounting`); a gateway that never answers one never pays for it.
 Chat overhead follows OpenAI's documented rule: 3 tokens per message, plus its role, plus 3 priming
 the reply. `estimate_tokens` is the fallback rule of thumb (see its docstring for how far off it is).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import hashlib
+import logging
 import math
 from importlib import resources
-from typing import Protocol
+from typing import Literal, Protocol
 
+from tornadoproxy.imitate.output import Usage
 from tornadoproxy.imitate.request import ChatMessage
+
+log = logging.getLogger(__name__)
 
 _DATA = "o200k_base.tiktoken.gz"
 _SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
@@ -37,6 +43,10 @@ _PATTERN = "|".join(
 _SPECIAL = {"<|endoftext|>": 199999, "<|endofprompt|>": 200018}
 TOKENS_PER_MESSAGE = 3
 REPLY_PRIMING = 3
+# Texts longer than this are counted in a thread: a few milliseconds per 100 KB would stall the loop.
+_COUNT_ON_LOOP = 32 * 1024
+
+Method = Literal["o200k_base", "estimate"]
 
 
 class TokenCounter(Protocol):
@@ -106,3 +116,43 @@ def prompt_tokens(counter: TokenCounter, messages: tuple[ChatMessage, ...]) -> i
         total += TOKENS_PER_MESSAGE + counter.count(message.role)
         total += sum(counter.count(part) for part in message.parts)
     return total
+
+
+class TokenCounting:
+    """The usage of answers, by the configured method. The exact counter is loaded in a thread when
+    the first completion arrives, and the answers that need a count wait for it; building tiktoken's
+    tables holds the GIL for about 0.13 s of that, once per process. If the shipped data cannot be
+    loaded, the estimate is used (and logged)."""
+
+    def __init__(self, method: Method = "o200k_base") -> None:
+        self.method: Method = method
+        self._exact: TokenCounter | None = None
+        self._loading: asyncio.Future[EncodingCounter] | None = None
+
+    def prepare(self) -> None:
+        """Start loading the exact counter if it is the method and not loaded yet (on the loop)."""
+        if self.method == "o200k_base" and self._exact is None and self._loading is None:
+            self._loading = asyncio.get_running_loop().run_in_executor(None, load_counter)
+
+    async def counter(self) -> TokenCounter:
+        if self.method == "estimate":
+            return EstimateCounter()
+        self.prepare()
+        if self._exact is None:
+            assert self._loading is not None
+            try:
+                self._exact = await asyncio.shield(self._loading)
+            except (OSError, ValueError) as error:
+                log.error("cannot load the o200k_base token counts, estimating instead: %s", error)
+                self._exact = EstimateCounter()
+        return self._exact
+
+    async def usage(self, messages: tuple[ChatMessage, ...], text: str) -> Usage:
+        """The answer's usage: the prompt counted as OpenAI counts a chat, and the answer's text."""
+        counter = await self.counter()
+        size = len(text) + sum(len(part) for message in messages for part in message.parts)
+
+        def count() -> Usage:
+            return Usage(prompt_tokens(counter, messages), counter.count(text))
+
+        return count() if size <= _COUNT_ON_LOOP else await asyncio.to_thread(count)

@@ -25,7 +25,9 @@ from tornadoproxy.config.accounts import PoolConfig
 from tornadoproxy.errors import AccountsBusy, GatewayBusy
 from tornadoproxy.pool import refusals
 from tornadoproxy.pool.account import Account
+from tornadoproxy.pool.affinity import AffinityMap
 from tornadoproxy.pool.binding import UPSTREAM, EgressBinder
+from tornadoproxy.pool.borrow import Borrowed, Lender
 from tornadoproxy.pool.keeper import TokenKeeper
 from tornadoproxy.pool.lease import Lease
 from tornadoproxy.pool.metrics import PoolMetrics
@@ -63,6 +65,11 @@ class AccountPool:
         self.binder = EgressBinder(egress, accounts, shared)
         self._keeper = TokenKeeper(config, logins, tokens, self.binder, metrics, self.account_changed)
         self._sync = PoolSync(self, shared) if shared is not None else None
+        self._lender = Lender(
+            self.accounts, self.binder, egress, self._keeper.unauthorized, config.queue_timeout
+        )
+        # Which account a conversation (or a sentinel token) belongs to: the relayed routes' affinity.
+        self.affinity = AffinityMap(config.conversation_map_size, config.conversation_ttl, shared)
         self._queue = WaitQueue(self._expired, metrics.queue_length.set)
         self.pending: dict[str, Waiter] = {}  # waiters between two Redis calls, out of the queue
         self._holds: dict[str, _Hold] = {}
@@ -94,6 +101,7 @@ class AccountPool:
         for timer in self._cooldown_timers.values():
             timer.cancel()
         await self._keeper.close()
+        await self.affinity.close()
         if self._sync is not None:
             await self._sync.close()
 
@@ -110,6 +118,12 @@ class AccountPool:
         if self._sync is not None and self._sync.on:
             return max(self._sync.queued, len(self._queue))
         return len(self._queue)
+
+    # -- an account without a slot ---------------------------------------------------------------
+    async def borrow(self, name: str | None = None) -> Borrowed:
+        """Account `name` (None: the first usable one) for a request that is not an answer (borrow.py):
+        no slot, no queue; waits while it logs in. Cancelling the calling task stops the wait."""
+        return await self._lender.borrow(name)
 
     # -- taking a slot ----------------------------------------------------------------------------
     async def acquire(self, model: str | None = None, exclude: Collection[str] = ()) -> Lease:
@@ -288,6 +302,7 @@ class AccountPool:
     # -- waking the queue -------------------------------------------------------------------------
     def account_changed(self, account: Account) -> None:
         """A login completed or failed, a token was refused, an account turned invalid."""
+        self._lender.changed()
         if account.state() == "invalid":
             self._fail_hopeless()
         if self._sync is not None and self._sync.on:

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -198,6 +198,20 @@ class SharedSlots:
         except (RedisError, OSError) as error:
             self.failed(error)
             raise StoreUnavailable(type(error).__name__) from None
+
+    def script(self, source: str) -> Callable[[list[Any]], Awaitable[Any]]:
+        """A Lua script of another part of the pool (affinity.py), run on these connections with the
+        key prefix as ARGV[1]; a Redis failure counts as for the pool's own (StoreUnavailable)."""
+        registered = self._redis.register_script(source)
+
+        async def run(args: list[Any]) -> Any:
+            try:
+                return await registered(args=[self._prefix, *args])
+            except (RedisError, OSError) as error:
+                self.failed(error)
+                raise StoreUnavailable(type(error).__name__) from None
+
+        return run
 
     async def acquire(
         self, ticket: str, score: float, candidates: str, usable: Sequence[tuple[str, int]], enqueue: bool

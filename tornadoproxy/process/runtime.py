@@ -77,6 +77,8 @@ class Runtime:
         services.relay.reconfigure(config.fetch, config.streams)
         services.readiness.reconfigure(config.readiness, config.upstreams.by_name())
         services.logins.reconfigure(config.logins, config.upstreams)
+        if services.imitate is not None:
+            services.imitate.reconfigure(config, routes)
         for server in self.servers:
             _update_connection_limits(server, config)
 
@@ -84,6 +86,8 @@ class Runtime:
         """Stop accepting, let requests finish until server.drain_timeout, then end what remains."""
         services = self.services
         services.lifecycle.draining = True
+        if services.imitate is not None:
+            services.imitate.stop_waiting()
         for server in self.servers:
             server.stop()
         deadline = time.monotonic() + services.config.server.drain_timeout
@@ -94,7 +98,11 @@ class Runtime:
             log.info("ending %d requests still open at the drain deadline", fetcher.in_flight)
             fetcher.abort_all("shutdown")
         # Ended streams write their final error event; the connections close once those are out.
-        await _wait_until(lambda: services.relay.active == 0, time.monotonic() + 3)
+        imitate = services.imitate
+        await _wait_until(
+            lambda: services.relay.active == 0 and (imitate is None or imitate.active == 0),
+            time.monotonic() + 3,
+        )
         for server in self.servers:
             await server.close_all_connections()
 

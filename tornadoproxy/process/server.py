@@ -28,6 +28,9 @@ from tornado.web import Application
 from tornadoproxy.auth.logins import Logins
 from tornadoproxy.auth.tokens import TokenCache
 from tornadoproxy.config.schema import Config, ConfigError
+from tornadoproxy.imitate.proofworkers import ProofWorkers
+from tornadoproxy.imitate.service.completions import ImitateService
+from tornadoproxy.observability.imitatemetrics import ImitateMetrics
 from tornadoproxy.observability.logs import AccessLog, configure_logging
 from tornadoproxy.observability.metrics import Metrics
 from tornadoproxy.observability.sharedmetrics import SAMPLE_INTERVAL, SupervisorMetrics, prepare_process
@@ -48,6 +51,7 @@ from tornadoproxy.upstream.request import UpstreamRoute
 from tornadoproxy.web.app import make_app, make_ops_app
 from tornadoproxy.web.body_intake import BodyDeadlines
 from tornadoproxy.web.listener import GatewayHTTPServer
+from tornadoproxy.web.pooled_relay import PooledRelay
 from tornadoproxy.web.services import Lifecycle, Services
 
 log = logging.getLogger(__name__)
@@ -187,6 +191,17 @@ async def serve(
     readiness = Readiness(config.readiness, config.upstreams.by_name(), upstream.relay, metrics)
     logins = Logins(config.logins, config.upstreams, upstream.relay, metrics)
     pool = build_pool(config, metrics, upstream.egress, logins, tokens)
+    proofs = ProofWorkers(config.imitate.proof_workers)
+    imitate = ImitateService(
+        config,
+        routes,
+        upstream.relay,
+        upstream.fetcher,
+        pool,
+        proofs,
+        metrics,
+        ImitateMetrics(metrics.registry),
+    )
     lifecycle = Lifecycle(worker=worker)
     access_log = AccessLog()
     access_log.configure(config.logging, secrets, worker)
@@ -203,6 +218,9 @@ async def serve(
         lifecycle,
     )
     services.pool = pool
+    services.imitate = imitate
+    if pool is not None:
+        services.pooled = PooledRelay(pool, upstream.relay, lambda: lifecycle.draining)
     servers = [_listen(make_app(services), sockets, config, metrics)]
     if ops_sockets:
         servers.append(_listen(make_ops_app(services), ops_sockets, config, metrics))
@@ -218,6 +236,7 @@ async def serve(
     if ops_sockets:
         log.info("ops endpoints on %s:%d", config.server.ops_host, config.server.ops_port)
     readiness.start()
+    proofs.start()  # the workers spawn beside the start-up; nothing waits for them
     if pool is not None:
         pool.start()  # background logins: start-up does not wait for them
     tune_memory_allocator()
@@ -230,6 +249,8 @@ async def serve(
     sampler.stop()
     readiness.stop()
     await runtime.drain()
+    await imitate.close()
+    proofs.close()
     if pool is not None:
         await pool.close()
     services.body_deadlines.stop()

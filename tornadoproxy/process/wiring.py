@@ -91,6 +91,13 @@ def check_accounts(config: Config) -> None:
         raise ConfigError("pool.cooldown_cap: must not be below pool.cooldown_base")
     if pool.login_backoff_cap < pool.login_backoff:
         raise ConfigError("pool.login_backoff_cap: must not be below pool.login_backoff")
+    if pool.serve_chatgpt and not config.accounts:
+        raise ConfigError("pool.serve_chatgpt: there are no accounts to serve from (accounts)")
+    if pool.serve_chatgpt and not config.access.client_keys:
+        # Without client keys nobody could be told apart from a client sending its own accessToken.
+        raise ConfigError(
+            "pool.serve_chatgpt: needs access.client_keys: the pool serves requests that carry a client key"
+        )
     if not config.accounts:
         return
     if config.server.workers > 1 and config.tokens.store != "redis":

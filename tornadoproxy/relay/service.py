@@ -6,7 +6,9 @@ comments while the upstream is silent, a final `event: error` when it fails midw
 buffered up to `fetch.buffer_size` and sent with a Content-Length, or passed on as it arrives when
 larger. Before a byte goes out, a challenge, block or HTML error page becomes the gateway error that
 says so (diagnosis.py), counted, and a challenge or block takes the egress proxy out of rotation;
-a 401 makes the token cache forget the credential if it issued it. `Relay.fetch()` is the same
+a 401 makes the token cache forget the credential if it issued it. A request pinned to an egress
+proxy (an account of the pool) leaves that judgement to its owner, and a `Watch` may see what is
+relayed (the pool learns which account a conversation belongs to). `Relay.fetch()` is the same
 service for the gateway's own bounded requests (logins, probes): the whole answer at once.
 
 The hot path is `_pump()`: one `Exchange.read()`, one write and one `ClientSide.deliver()` per
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from tornadoproxy.config.schema import FetchConfig, StreamsConfig
 from tornadoproxy.errors import Code, GatewayBusy, GatewayError, UpstreamError
@@ -52,6 +55,19 @@ class Answer:
     headers: list[tuple[str, str]]
     body: bytes
     proxy: EgressProxy
+
+
+class Watch(Protocol):
+    """Sees what a relay passes on to its client, without changing it."""
+
+    def body(self, status: int, body: bytes) -> None:
+        """A buffered answer, whole, as it is about to be sent (not a larger one passed on as it arrives,
+        nor one replaced by a gateway error)."""
+        ...
+
+    def events(self, events: bytes) -> None:
+        """Whole events of a stream, as they are about to be sent."""
+        ...
 
 
 async def _never_issued(_authorization: str) -> None:
@@ -106,6 +122,11 @@ class Relay:
         finally:
             exchange.abort("done")
 
+    async def refused_credential(self, authorization: str) -> None:
+        """The upstream answered 401 to `authorization` on a request the relay did not send itself
+        (an /imitate conversation): a token the cache issued is not served again."""
+        await self._forget_token(authorization)
+
     def unusable(self, upstream: str, proxy: EgressProxy, kind: str) -> None:
         """An answer was a challenge, block or error page (`kind`): count it, and after a challenge
         or block send the next request to `upstream` through another egress proxy, if any."""
@@ -114,9 +135,16 @@ class Relay:
             self._fetcher.egress.mark_failed(upstream, proxy, kind)
 
     # -- client relays ----------------------------------------------------------------------------
-    async def relay(self, request: UpstreamRequest, client: ClientSide, authorization: str = "") -> None:
+    async def relay(
+        self,
+        request: UpstreamRequest,
+        client: ClientSide,
+        authorization: str = "",
+        watch: Watch | None = None,
+    ) -> None:
         """Send `request` and relay its answer to `client`; raise the GatewayError that replaces an
-        answer when nothing was sent yet. `authorization` is the credential sent (for eviction)."""
+        answer when nothing was sent yet. `authorization` is the credential sent (for eviction);
+        `watch` sees the answer go by."""
         exchange = await self._fetcher.open(request)
         client.attach(exchange)
         self.active += 1
@@ -134,9 +162,9 @@ class Relay:
                 # The credential is dead upstream; if the token cache issued it, stop serving it.
                 await self._forget_token(authorization)
             if is_event_stream(exchange.headers):
-                await self._relay_stream(exchange, client)
+                await self._relay_stream(exchange, client, watch)
             else:
-                await self._relay_body(exchange, client, request.method == "HEAD")
+                await self._relay_body(exchange, client, request.method == "HEAD", watch)
         finally:
             self.active -= 1
             exchange.abort("client_gone" if client.gone else "done")
@@ -149,7 +177,9 @@ class Relay:
             headers = [header for header in headers if header[0].lower() not in replaced] + list(own)
         client.start(exchange.status, exchange.reason, headers)
 
-    async def _relay_body(self, exchange: Exchange, client: ClientSide, head: bool) -> None:
+    async def _relay_body(
+        self, exchange: Exchange, client: ClientSide, head: bool, watch: Watch | None
+    ) -> None:
         parts: list[bytes] = []
         size = 0
         while (chunk := await exchange.read()) is not None:
@@ -161,6 +191,8 @@ class Relay:
                 return
         body = b"".join(parts)
         self._refuse_unusable(exchange, body)
+        if watch is not None:
+            watch.body(exchange.status, body)
         self._start(exchange, client)
         client.bytes_out = len(body)
         if head or exchange.status in (204, 304):
@@ -173,7 +205,10 @@ class Relay:
         name = exchange.route.name
         problem = diagnose(name, exchange.status, exchange.headers, body)
         if problem is not None:
-            self.unusable(name, exchange.proxy, problem.kind)
+            if exchange.request.proxy is None:
+                self.unusable(name, exchange.proxy, problem.kind)
+            else:  # a pinned proxy is an account's: the pool judges it when it hears the outcome
+                self._metrics.count_upstream_error(name, problem.kind)
             log.warning("%s answered %d: %s", name, exchange.status, problem.code)
             raise problem
 
@@ -195,14 +230,14 @@ class Relay:
             return
         client.finish()
 
-    async def _relay_stream(self, exchange: Exchange, client: ClientSide) -> None:
+    async def _relay_stream(self, exchange: Exchange, client: ClientSide, watch: Watch | None) -> None:
         self._start(exchange, client, _STREAM_HEADERS)
         client.streamed = True
         metrics = self._metrics
         metrics.streams_active.inc()
         reason = "done"
         try:
-            reason = await self._pump(exchange, client)
+            reason = await self._pump(exchange, client, watch)
         except ClientGone:
             reason = "client_gone"
         finally:
@@ -211,7 +246,7 @@ class Relay:
             client.stream_end = reason
         await client.finish_stream()
 
-    async def _pump(self, exchange: Exchange, client: ClientSide) -> str:
+    async def _pump(self, exchange: Exchange, client: ClientSide, watch: Watch | None) -> str:
         """Relay whole events as they complete; return why the stream ended."""
         splitter = EventSplitter(self._max_event_size)
         if self._keepalive:
@@ -233,6 +268,8 @@ class Relay:
                 _end_with_error(client, exchange, bad_stream)
                 return "upstream_error"
             if events:
+                if watch is not None:
+                    watch.events(events)
                 client.write(events)
                 client.bytes_out += len(events)
             elif not chunk and not splitter.pending:

@@ -54,13 +54,17 @@ class AccessPolicy:
             return
         if not presented_key:
             raise GatewayError.of(Code.GATEWAY_KEY_REQUIRED, header=self.key_header)
+        if not self.key_valid(presented_key):
+            raise GatewayError.of(Code.GATEWAY_KEY_INVALID, header=self.key_header)
+
+    def key_valid(self, presented_key: str) -> bool:
+        """Whether `presented_key` is one of the client keys."""
         presented = hashlib.sha256(presented_key.encode()).digest()
         # Compare against every digest, without stopping early, so timing says nothing.
         matched = False
         for digest in self.digests:
             matched |= hmac.compare_digest(presented, digest)
-        if not matched:
-            raise GatewayError.of(Code.GATEWAY_KEY_INVALID, header=self.key_header)
+        return matched
 
     def _address_allowed(self, address: str) -> bool:
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tornado.web import Application, RequestHandler
 
-from tornadoproxy.web.handlers import accounts, chatgpt, logins, ops, platform
+from tornadoproxy.web.handlers import accounts, chatgpt, imitate, logins, ops, platform
 from tornadoproxy.web.handlers.base import RELAY_METHODS, BaseHandler
 from tornadoproxy.web.handlers.ops import NotFoundHandler
 from tornadoproxy.web.handlers.routing import Route, route_specs
@@ -20,7 +20,7 @@ _KNOWN_METHODS = frozenset(RELAY_METHODS + ("OPTIONS",))
 def all_routes() -> list[Route]:
     """Every route the gateway serves, in matching order. tornado tries the routes one regex after
     the other, so the busiest family comes first; no two families' patterns overlap."""
-    return platform.ROUTES + chatgpt.ROUTES + logins.ROUTES + ops.ROUTES + accounts.ROUTES
+    return platform.ROUTES + chatgpt.ROUTES + imitate.ROUTES + logins.ROUTES + ops.ROUTES + accounts.ROUTES
 
 
 def make_app(services: Services) -> Application:
@@ -73,10 +73,13 @@ def _record(services: Services, handler: RequestHandler) -> None:
     }
     if isinstance(handler, BaseHandler):
         fields["upstream_status"] = handler.upstream_status
+        if handler.pool_account is not None:  # the pool account that served a relayed request
+            fields["account"] = handler.pool_account
         fields["bytes"] = handler.bytes_out
         fields["stream"] = handler.streamed
         if handler.stream_end is not None:
             fields["stream_end"] = handler.stream_end
+        fields.update(handler.log_fields())
     if error is not None:
         fields["error"] = error
     services.access_log.write(fields)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from tornadoproxy.auth.logins import Logins
 from tornadoproxy.auth.tokens import TokenCache
 from tornadoproxy.config.schema import Config
+from tornadoproxy.imitate.service.completions import ImitateService
 from tornadoproxy.observability.logs import AccessLog
 from tornadoproxy.observability.metrics import Metrics
 from tornadoproxy.pool.pool import AccountPool
@@ -18,6 +19,7 @@ from tornadoproxy.relay.readiness import Readiness
 from tornadoproxy.relay.service import Relay
 from tornadoproxy.web.access import AccessPolicy
 from tornadoproxy.web.body_intake import BodyDeadlines
+from tornadoproxy.web.pooled_relay import PooledRelay
 
 
 @dataclass(slots=True)
@@ -42,3 +44,5 @@ class Services:
     body_deadlines: BodyDeadlines
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     pool: AccountPool | None = None  # None without accounts
+    imitate: ImitateService | None = None  # the /imitate service (set by the composition root)
+    pooled: PooledRelay | None = None  # the relayed routes' side of the pool (None without accounts)

@@ -5,20 +5,29 @@ Every handler subclasses BaseHandler directly. Bodies are received in streaming 
 size limit is checked from Content-Length before a byte of the body is read (a 2 GB upload gets 413,
 not tornado's 400). What a relayed answer does (stream or buffer, diagnosis, keep-alives, errors
 midway) is the relay's (relay/service.py); the handler writes what the relay hands it
-(relay/client.py: status and headers, bytes, a flush bounded by server.client_stall_timeout).
+(relay/client.py: status and headers, bytes, a flush bounded by server.client_stall_timeout). On a
+route the account pool may serve (`pool_route`), a request with a client key and no accessToken of
+its own goes to the pool's relay instead (web/pooled_relay.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
-from tornadoproxy.errors import BadRequest, Code, GatewayBusy, GatewayError, PayloadTooLarge
+from tornadoproxy.errors import (
+    BadRequest,
+    Code,
+    GatewayBusy,
+    GatewayError,
+    MissingAuthorization,
+    PayloadTooLarge,
+)
 from tornadoproxy.relay.client import ClientGone
 from tornadoproxy.relay.forwarding import check_raw_path, check_raw_query, forwarded_request_headers
 from tornadoproxy.upstream.exchange import Exchange
@@ -26,9 +35,11 @@ from tornadoproxy.upstream.request import UpstreamRequest
 from tornadoproxy.web.body_intake import BodyBuffer
 from tornadoproxy.web.cors import is_preflight, origin_headers, preflight_headers
 from tornadoproxy.web.credentials import HEADERS, client_address, upstream_authorization
+from tornadoproxy.web.pooled_relay import ACCOUNT_HEADER, PooledCall
 from tornadoproxy.web.services import Services
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RELAY_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 # A refused request with a body up to this size is read before the answer (see prepare()).
@@ -42,6 +53,8 @@ class BaseHandler(RequestHandler):
 
     # Handlers any client may reach whatever the access policy (liveness carries no information).
     open_access = False
+    # Routes the account pool may serve in place of the client's own credential (pool.serve_chatgpt).
+    pool_route = False
 
     def initialize(
         self, services: Services, route: str = "(unmatched)", trusted_listener: bool = False
@@ -58,7 +71,9 @@ class BaseHandler(RequestHandler):
         self._body = BodyBuffer(services.config.server.max_body_size)
         self._deferred: GatewayError | None = None
         self._exchange: Exchange | None = None
+        self._waiting: asyncio.Future[Any] | None = None
         self.gone = False
+        self.pool_account: str | None = None  # the pool account that served this request, if one did
 
     # -- request intake ---------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -85,7 +100,8 @@ class BaseHandler(RequestHandler):
             headers = self.request.headers
             try:
                 preflight = is_preflight(self.request.method, headers)
-                policy.check(self.client_address, headers.get(policy.key_header), needs_key=not preflight)
+                key = headers.get(policy.key_header) or self._bearer_client_key()
+                policy.check(self.client_address, key, needs_key=not preflight)
             except GatewayError as error:
                 return error
         limit = self.services.config.server.max_body_size
@@ -173,6 +189,8 @@ class BaseHandler(RequestHandler):
         self.set_status(error.status)
         for name, value in error.headers():
             self.set_header(name, value)
+        if self.pool_account is not None:
+            self.set_header(ACCOUNT_HEADER, self.pool_account)
         self.set_header("Content-Type", "application/json")
         self.finish(error.to_json())
 
@@ -203,6 +221,8 @@ class BaseHandler(RequestHandler):
         self.services.body_deadlines.release(self)
         if self._exchange is not None:
             self._exchange.abort("client_gone")
+        if self._waiting is not None:
+            self._waiting.cancel()  # tornado leaves the handler's coroutine running: stop its wait
         if not body_complete and not self._finished:
             self._end_without_body()
 
@@ -222,11 +242,71 @@ class BaseHandler(RequestHandler):
         self.set_status(status, reason)
         self.finish()
 
+    def log_fields(self) -> dict[str, object]:
+        """Fields of this route's own for the access log line (read when the request ends)."""
+        return {}
+
     # -- credentials and client -------------------------------------------------------------------
     def authorization(self) -> str:
         """The client's upstream credential as `Bearer ...` (credentials.py)."""
         headers = self.request.headers
         return upstream_authorization([headers.get_list(name) for name in HEADERS])
+
+    def _pool_may_serve(self) -> bool:
+        """A route the pool may serve (`pool_route`), on a gateway whose pool serves it
+        (pool.serve_chatgpt, which needs client keys)."""
+        services = self.services
+        return (
+            self.pool_route
+            and services.pooled is not None
+            and services.config.pool.serve_chatgpt
+            and bool(services.access.digests)
+        )
+
+    def _bearer_client_key(self) -> str | None:
+        """The client key sent as the bearer (`Authorization: Bearer <key>`, where a ChatGPT client
+        puts its token) on a route the pool serves; None for anything else, which then goes upstream
+        or is refused as before."""
+        if not self._pool_may_serve():
+            return None
+        try:
+            credential = self.authorization()
+        except (BadRequest, MissingAuthorization):
+            return None
+        key = credential[len("Bearer ") :]
+        return key if self.services.access.key_valid(key) else None
+
+    @property
+    def served_by_pool(self) -> bool:
+        """Whether a pool account serves this request: a route the pool serves, and a client key
+        (checked by prepare) with no accessToken of its own: the key header alone, or the key as the
+        bearer."""
+        if not self._pool_may_serve():
+            return False
+        try:
+            self.authorization()
+        except MissingAuthorization:
+            return True
+        except BadRequest:
+            return False  # refused when its credential is read
+        return self._bearer_client_key() is not None
+
+    async def unless_gone(self, waiting: Awaitable[T]) -> T:
+        """Await `waiting` (a wait for the account pool) as a task of its own, cancelled the moment the
+        client leaves: tornado does not cancel the handler's coroutine on a disconnect. ClientGone
+        then."""
+        if self.gone:
+            raise ClientGone()
+        task = asyncio.ensure_future(waiting)
+        self._waiting = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if self.gone and task.cancelled():
+                raise ClientGone() from None
+            raise
+        finally:
+            self._waiting = None
 
     @property
     def client_address(self) -> str:
@@ -238,14 +318,30 @@ class BaseHandler(RequestHandler):
 
     # -- the relay --------------------------------------------------------------------------------
     async def relay(
-        self, upstream: str, url: str, body: bytes | None = None, method: str | None = None
+        self,
+        upstream: str,
+        url: str,
+        body: bytes | None = None,
+        method: str | None = None,
+        answer: bool = False,
     ) -> None:
         """Send this request (or `method` instead of the client's) to `url` on `upstream` and relay
-        the answer to the client (relay/service.py); this handler is the relay's client side."""
+        the answer to the client (relay/service.py); this handler is the relay's client side. When a
+        pool account serves it (`served_by_pool`), `answer` says it is a conversation, which takes a
+        slot of the account."""
         if self.services.lifecycle.draining:
             # gateway_busy, as every request refused while draining (README "Limits ... shutdown").
             raise GatewayBusy(Code.SHUTTING_DOWN.message, retry_after=1)
         headers = forwarded_request_headers(self.request.headers.get_all())
+        pooled = self.services.pooled
+        if pooled is not None and self.served_by_pool:
+            path = url[len(self.services.config.upstreams.chatgpt) :].split("?", 1)[0]
+            account = self.request.headers.get(ACCOUNT_HEADER) or None
+            call = PooledCall(
+                method or self.request.method or "GET", url, path, headers, body, answer, account
+            )
+            await pooled.relay(self, call)
+            return
         authorization = self.authorization()
         headers = [(n, authorization if n.lower() == "authorization" else v) for n, v in headers]
         if not any(n.lower() == "authorization" for n, _ in headers):
@@ -264,6 +360,8 @@ class BaseHandler(RequestHandler):
         self.clear_header("Content-Type")
         for name, value in headers:
             self.add_header(name, value)
+        if self.pool_account is not None:
+            self.set_header(ACCOUNT_HEADER, self.pool_account)
 
     async def deliver(self) -> None:
         """Wait until the client has taken what was written; drop a client that stalls too long.

@@ -2,7 +2,9 @@
 
 Each route maps to `<upstreams.chatgpt>/backend-api/...`. Bodies go upstream as sent; the only rewrite
 is a missing `messages[].author.role` on conversation create, filled with "user". `POST` is accepted
-as an alias of `PATCH` on the two PATCH routes, for clients that cannot send PATCH.
+as an alias of `PATCH` on the two PATCH routes, for clients that cannot send PATCH. With
+`pool.serve_chatgpt`, a request with a client key and no accessToken is served by a pool account
+(BaseHandler.relay; a conversation create takes a slot of it).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def _body(handler: BaseHandler) -> bytes | None:
 class ConversationsHandler(BaseHandler):
     """GET lists conversations (offset, limit validated); PATCH (or POST) hides them all."""
 
+    pool_route = True
+
     async def get(self) -> None:
         self.check_request()
         offset = _integer(self, "offset", 0, 0, None)
@@ -59,6 +63,8 @@ class ConversationsHandler(BaseHandler):
 class ConversationHandler(BaseHandler):
     """GET one conversation; PATCH (or POST) renames or hides it."""
 
+    pool_route = True
+
     async def get(self) -> None:
         self.check_request()
         await self.relay("chatgpt", backend_url(self))
@@ -73,14 +79,19 @@ class ConversationHandler(BaseHandler):
 class ConversationCreateHandler(BaseHandler):
     """POST a message: the answer streams back as SSE, event by event."""
 
+    pool_route = True
+
     async def post(self) -> None:
         self.check_request()
-        self.authorization()  # no credentials, no parsing: 401 before anything else
-        await self.relay("chatgpt", backend_url(self), fill_author_roles(self.body))
+        if not self.served_by_pool:
+            self.authorization()  # no credentials, no parsing: 401 before anything else
+        await self.relay("chatgpt", backend_url(self), fill_author_roles(self.body), answer=True)
 
 
 class BackendHandler(BaseHandler):
     """The named routes without special handling, and any other /chatgpt/backend-api/<path>."""
+
+    pool_route = True
 
     async def _relay(self, *_args: str) -> None:
         self.check_request()
@@ -91,6 +102,8 @@ class BackendHandler(BaseHandler):
 
 class ReadOnlyBackendHandler(BaseHandler):
     """GET-only routes (models, accounts/check)."""
+
+    pool_route = True
 
     async def get(self) -> None:
         self.check_request()
