@@ -5,23 +5,37 @@ SHA3 over inputs this small keeps the GIL, so solving in a thread stalls the eve
 workers are spawned, not forked, so they share nothing with the gateway (sockets, libcurl handles,
 the event loop), and niced, so that on a small machine the answers being relayed keep the CPU. A
 solve that has started cannot be cancelled (it is bounded by `imitate.proof_max_attempts`); at exit
-the workers are ended at once.
+the workers are ended at once, and on Linux a gateway process that dies without exiting (SIGKILL,
+the OOM killer) takes its workers with it: each asks the kernel for SIGTERM when its parent dies.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
 from concurrent.futures import Executor, ProcessPoolExecutor
 
 log = logging.getLogger(__name__)
 
 NICENESS = 10
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
-def _lower_priority() -> None:
-    """The workers' initializer (it runs in each worker)."""
+def _worker_started(parent: int) -> None:
+    """The workers' initializer (it runs in each worker): lower priority, and die with `parent`.
+
+    A worker waits for work on a pipe whose write end it holds itself, so it never sees its parent
+    go: without this, the workers of a killed gateway process would live on, orphaned, forever."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: an orphaned worker then lives until it is stopped
+    if os.getppid() != parent:
+        os._exit(0)  # the parent died before the worker could ask to be told
     os.nice(NICENESS)
 
 
@@ -35,7 +49,10 @@ class ProofWorkers:
 
     def _spawn(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            self._workers, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
+            self._workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_started,
+            initargs=(os.getpid(),),
         )
 
     def replace_broken(self) -> None:
