@@ -8,7 +8,8 @@ stream) or converted (`POST /imitate/v1/chat/completions`, the client's own toke
 - ttft: time to the first text over fresh connections, in turns: the upstream alone (sentinel, then
   conversation, as a client of the web backend would do), relayed, imitate without proof of work,
   then imitate with one at difficulty 0003ff (its proof_ms from the access log);
-- pooled: CPU per short streamed completion served by the pool ÷ by the client's own token;
+- pooled: CPU per short stream served by the pool ÷ by the client's own token, for /imitate and for the
+  relayed conversation (`pool.serve_chatgpt`: a slot, the account's token, egress and device id);
 - hold: 1,000 slow streams held at once on a fresh gateway, relayed and imitated: RSS per stream.
 Results in bench/results/<timestamp>-imitate/ (summary.md, raw.jsonl, the configs and logs).
 """
@@ -122,6 +123,7 @@ class ImitateBench:
             "fetch": {"max_clients": 20000},
             "accounts": [{"name": f"bench{i}", "access_token": TOKEN, "concurrency": 64} for i in range(4)],
             "imitate": {"sentinel_path": sentinel},
+            "pool": {"serve_chatgpt": True},
             "profiles": {"chatgpt": self.profile, "auth": self.profile},
         }
         path = self.out / f"{name}.yaml"
@@ -200,6 +202,7 @@ class ImitateBench:
         text = "fake-n2-d0"
         for system, path, body, key, count in (
             ("relayed", "/chatgpt/conversation", web_body(text), TOKEN, -1),
+            ("relayed_pool", "/chatgpt/conversation", web_body(text), CLIENT_KEY, -1),
             ("token", "/imitate/v1/chat/completions", chat_body(text), TOKEN, -1),
             ("pool", "/imitate/v1/chat/completions", chat_body(text), CLIENT_KEY, -1),
         ):
@@ -318,7 +321,7 @@ def summary(records: list[dict[str, Any]]) -> str:
     }
     per_request = {
         s: median("pooled", s, lambda r: r["sut_cpu_s"] / max(1, r["ok"]) * 1000)
-        for s in ("relayed", "token", "pool")
+        for s in ("relayed", "relayed_pool", "token", "pool")
     }
     hold = {
         s: median("hold", s, lambda r: (r["rss_peak_kb"] - r["rss_before_kb"]) / max(1, r["c"]))
@@ -333,6 +336,7 @@ def summary(records: list[dict[str, Any]]) -> str:
     relayed, imitate = event_us["relayed"], event_us["imitate"]
     added, added90 = ttft["imitate"] - ttft["upstream"], ttft90["imitate"] - ttft90["upstream"]
     token, pool, plain = per_request["token"], per_request["pool"], per_request["relayed"]
+    plain_pool = per_request["relayed_pool"]
     rows = [
         "| figure | relayed / base | imitate | ratio or difference | goal |",
         "|---|---|---|---|---|",
@@ -349,6 +353,8 @@ def summary(records: list[dict[str, Any]]) -> str:
         f"{token / plain:.2f}× | |",
         f"| CPU ms per completion: pool ÷ own token | {token:.2f} | {pool:.2f} | {pool / token:.2f}× | "
         "≤ 1.2× |",
+        f"| CPU ms per relayed conversation: pool ÷ own token | {plain:.2f} | {plain_pool:.2f} | "
+        f"{plain_pool / plain:.2f}× | ≤ 1.2× |",
         f"| RSS KB per held stream (1,000 held; failures {failed['relayed']} / {failed['imitate']}) | "
         f"{hold['relayed']:.1f} | {hold['imitate']:.1f} | {hold['imitate'] / hold['relayed']:.2f}× | "
         "0 failures |",
