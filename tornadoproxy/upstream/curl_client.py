@@ -1,16 +1,30 @@
-"""The pycurl engine: tornado's libcurl client, keeping its multi-socket integration and replacing
-its per-request work.
+"""The pycurl engine: libcurl's multi interface driven from the asyncio loop, one engine per profile.
 
-`CurlAsyncHTTPClient` drives libcurl's multi interface from the IOLoop (sockets, timers, a pool of
-reusable handles); that part is kept as it is. Around each transfer it also does generic work the
-gateway pays for on every request and never uses: an HTTPRequest and an HTTPResponse, a header
-dict, a BytesIO, thirty option calls that the gateway overrides anyway, eight getinfo calls for
-timing. This client instead runs transport.Transfer values (transport.py) for one client profile:
-`start()` sets every option the transfer needs on a reused handle (tornado resets handles after
-each transfer, and a reset keeps nothing of ours but the share, detached here every time), and
-reports the end to the sink while the handle is still valid. `cancel()` stops a transfer at once
-by taking its handle out of the multi handle (tornado's client has no way to: a cancelled future
-leaves the transfer running). `tls_settings_problem` checks a profile's TLS knobs at start-up.
+A transfer is a transport.Transfer run on a reused easy handle (created as transfers need them, up
+to the engine's capacity): `start()` gives the handle the transfer's options, adds it to the multi
+handle and lets libcurl send at once; the sink hears libcurl's header and body callbacks as they
+come and `on_ended` while the handle is still valid. A handle is reset and given every option the
+transfer's setup and the profile own (each to its value or to libcurl's default) unless it last ran
+the same setup and sent the same way, when only the request's own options (URL, body, headers,
+callbacks) are set: that is most requests, a dozen and a half setopt calls fewer each. A login's
+handle (cookies) and one whose transfer failed are reset at once; a reset keeps nothing of ours but
+the share, detached every time. `cancel()` stops a transfer at once by taking
+its handle out of the multi handle. `tls_settings_problem` checks a profile's TLS knobs at start-up.
+
+How libcurl's sockets are watched: libcurl says which sockets it wants to hear about and for what
+(its socket callback), and when to call it back regardless (its timer callback). Its sockets are
+registered in an epoll set of the engine's own, and only that set's descriptor in the asyncio loop.
+libcurl drops a connection's socket from its interest when a transfer ends and takes it again when
+the next transfer reuses the connection; in the loop's own selector that would be two epoll_ctl
+calls and two selector updates per request. In the engine's set the socket simply stays registered
+while the connection is idle: one epoll_ctl per transfer, none of the loop's bookkeeping, and a
+closed socket never lingers in the loop's selector, where a later descriptor with the same number
+(a client connection, say) would find it. A socket that reports readiness while libcurl does not
+want it (an idle connection the upstream closed) is dropped from the set then.
+libcurl asks for "now" each time a transfer is added: `start()` runs libcurl at once instead of
+through the loop, so the request leaves in the same pass as the client's. Any other timeout keeps
+one loop timer, re-armed only when libcurl wants to be called earlier than it is set for: when it
+fires, libcurl is asked for its next timeout (firing early is harmless).
 """
 
 from __future__ import annotations
@@ -18,12 +32,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import select
 import socket
 from collections.abc import Sequence
 from typing import Any
 
 import pycurl
-from tornado.curl_httpclient import CurlAsyncHTTPClient
 
 from tornadoproxy.upstream.curl_errors import failure_of
 from tornadoproxy.upstream.profiles import ClientProfile
@@ -31,38 +45,61 @@ from tornadoproxy.upstream.transport import Sink, Transfer
 
 log = logging.getLogger(__name__)
 
+# libcurl's socket interest -> epoll events (POLL_NONE: registered, no events wanted)
+_EPOLL_EVENTS = {
+    pycurl.POLL_NONE: 0,
+    pycurl.POLL_IN: select.EPOLLIN,
+    pycurl.POLL_OUT: select.EPOLLOUT,
+    pycurl.POLL_INOUT: select.EPOLLIN | select.EPOLLOUT,
+}
+_READABLE = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
+_WRITABLE = select.EPOLLOUT | select.EPOLLERR
 
-class CurlClient(CurlAsyncHTTPClient):
-    """The transport for one pycurl profile (transport.Transport). Use `start()`; `fetch()` of the
-    base class is not supported on this client."""
+
+class CurlClient:
+    """The transport for one pycurl profile (transport.Transport)."""
 
     engine = "pycurl"
 
-    def initialize(  # type: ignore[override]
-        self, profile: ClientProfile, max_clients: int = 10, **kwargs: Any
-    ) -> None:
-        # tornado creates every handle up front (20,000 handles are ~100 MB before the first
-        # request); they are created here as transfers need them, up to max_clients.
-        self._loop = asyncio.get_running_loop()  # before super(): it already triggers the timer
-        super().initialize(max_clients=1, **kwargs)
+    def __init__(self, profile: ClientProfile, max_clients: int) -> None:
+        self._loop = asyncio.get_running_loop()
         self._capacity = max_clients
         self._profile_options = profile.pycurl_options()
+        self._multi = pycurl.CurlMulti()
+        self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
+        self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
+        self._poller = select.epoll()
+        self._loop.add_reader(self._poller.fileno(), self._on_ready)
+        self._wanted: dict[int, int] = {}  # socket -> the epoll events libcurl wants for it now
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._soon: asyncio.Handle | None = None  # a "call libcurl now" not yet run
+        self._starting = False  # inside start()'s add_handle, which runs libcurl itself right after
+        self._acting = False  # inside libcurl (socket_action): no multi call may be made
+        self._closed = False  # closing: libcurl's last callbacks are ignored
+        self._curls: list[pycurl.Curl] = []
+        self._free: list[pycurl.Curl] = []
         self._transfers: collections.deque[tuple[Transfer, Sink]] = collections.deque()
 
     @property
     def active(self) -> int:
-        return len(self._curls) - len(self._free_list)
+        return len(self._curls) - len(self._free)
 
+    # -- transport.Transport ----------------------------------------------------------------------
     def start(self, transfer: Transfer, sink: Sink) -> None:
-        """Queue a transfer; it starts as soon as a handle is free (immediately, normally)."""
+        """Queue a transfer; it starts as soon as a handle is free (at once, normally)."""
         self._transfers.append((transfer, sink))
-        self._process_queue()  # adding a handle makes libcurl ask for a timeout of 0 itself
+        if self._acting:  # called back from libcurl: start it once libcurl has returned
+            self._call_soon()
+        else:
+            self._process_queue()
 
     def cancel(self, handle: object) -> None:
         """Stop a transfer now: libcurl closes its connection, the sink hears errno 42 (aborted)."""
         assert isinstance(handle, pycurl.Curl)
         if handle.info is None:
             return  # already ended
+        self._multi.remove_handle(handle)
         self._finish(handle, pycurl.E_ABORTED_BY_CALLBACK, "aborted by the gateway")
         self._process_queue()  # the freed handle may serve a queued transfer
 
@@ -77,25 +114,137 @@ class CurlClient(CurlAsyncHTTPClient):
         assert isinstance(handle, pycurl.Curl)
         return int(handle.getinfo(pycurl.SIZE_DOWNLOAD_T))
 
-    def _set_timeout(self, msecs: int) -> None:
-        """libcurl's TIMERFUNCTION: one timer, on the asyncio loop directly. -1 means "no timer"
-        (tornado would run it at once); libcurl calls this for every transfer it starts."""
-        if self._timeout is not None:
-            self._timeout.cancel()  # type: ignore[attr-defined]
-            self._timeout = None
-        if msecs >= 0:
-            self._timeout = self._loop.call_later(msecs / 1000.0, self._handle_timeout)
+    def close(self) -> None:
+        for curl in self._curls:
+            if curl.info is not None:
+                self._multi.remove_handle(curl)
+                curl.info = None
+            curl.close()
+        self._curls.clear()
+        self._free.clear()
+        for handle in (self._timer, self._soon):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._soon = None
+        # Closing the multi handle shuts its idle connections down, and libcurl may still ask to
+        # watch their sockets or be called back meanwhile: nothing is registered or armed any more.
+        self._closed = True
+        self._multi.close()
+        self._loop.remove_reader(self._poller.fileno())
+        self._poller.close()
 
-    def fetch_impl(self, request: Any, callback: Any) -> None:
-        raise NotImplementedError("CurlClient runs transfers through start()")
+    # -- libcurl's callbacks ----------------------------------------------------------------------
+    def _on_socket(self, what: int, fd: int, _multi: object, _data: object) -> None:
+        """M_SOCKETFUNCTION: the events libcurl wants on `fd` from now on."""
+        if self._closed:
+            return
+        if what == pycurl.POLL_REMOVE:
+            self._wanted.pop(fd, None)  # stays in the epoll set while its connection is idle
+            return
+        events = _EPOLL_EVENTS[what]
+        before = self._wanted.get(fd)
+        self._wanted[fd] = events
+        if before == events:
+            return
+        try:
+            # Also for a socket libcurl had dropped: it may be a new one under the same number,
+            # which the kernel registers afresh (a closed socket leaves the set on its own).
+            self._poller.modify(fd, events)
+        except FileNotFoundError:
+            self._poller.register(fd, events)
+
+    def _on_timer(self, msecs: int) -> None:
+        """M_TIMERFUNCTION: call libcurl back in `msecs` ms (0: now; -1: no timeout needed)."""
+        if self._closed:
+            return
+        if msecs < 0:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            return
+        if msecs == 0:
+            if not self._starting:
+                self._call_soon()
+            return  # start() runs libcurl as soon as add_handle returns
+        deadline = self._loop.time() + msecs / 1000.0
+        if self._timer is not None:
+            if self._timer_at <= deadline:
+                return  # set for earlier: libcurl is asked for its next timeout then
+            self._timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._timed_out)
+        self._timer_at = deadline
+
+    # -- driving libcurl --------------------------------------------------------------------------
+    def _on_ready(self) -> None:
+        """The epoll set has events: hand each wanted socket's to libcurl."""
+        for fd, events in self._poller.poll(0):
+            if fd not in self._wanted:
+                # An idle connection's socket became readable (the upstream closed it): libcurl will
+                # find out when it next looks; the set stops reporting it meanwhile.
+                try:
+                    self._poller.unregister(fd)
+                except OSError:
+                    pass  # closed since the poll
+                continue
+            action = 0
+            if events & _READABLE:
+                action |= pycurl.CSELECT_IN
+            if events & _WRITABLE:
+                action |= pycurl.CSELECT_OUT
+            self._act(fd, action)
+        self._collect()
+
+    def _call_soon(self) -> None:
+        if self._soon is None:
+            self._soon = self._loop.call_soon(self._now)
+
+    def _now(self) -> None:
+        self._soon = None
+        self._act(pycurl.SOCKET_TIMEOUT, 0)
+        self._collect()
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._act(pycurl.SOCKET_TIMEOUT, 0)
+        self._collect()
+        if self._timer is None:
+            later = self._multi.timeout()  # the timer may have fired before libcurl's deadline
+            if later >= 0:
+                self._on_timer(later)
+
+    def _act(self, fd: int, action: int) -> None:
+        self._acting = True
+        try:
+            self._multi.socket_action(fd, action)
+        except pycurl.error as error:
+            log.error("libcurl's socket_action failed: %s", error.args[-1])
+        finally:
+            self._acting = False
+
+    def _collect(self) -> None:
+        """Report every transfer libcurl has completed, then start queued ones."""
+        while True:
+            queued, completed, failed = self._multi.info_read()
+            for curl in completed:
+                self._multi.remove_handle(curl)
+                self._finish(curl)
+            for curl, errno, message in failed:
+                self._multi.remove_handle(curl)
+                self._finish(curl, errno, message)
+            if not queued:
+                break
+        if self._transfers:
+            self._process_queue()
 
     def _process_queue(self) -> None:
-        while self._transfers and (self._free_list or len(self._curls) < self._capacity):
-            if not self._free_list:
-                curl = self._curl_create()
-                self._curls.append(curl)
+        kick = False
+        while self._transfers and (self._free or len(self._curls) < self._capacity):
+            if self._free:
+                curl = self._free.pop()
             else:
-                curl = self._free_list.pop()
+                curl = pycurl.Curl()
+                curl.setup, curl.method = None, None  # fresh: nothing to reset before preparing
+                self._curls.append(curl)
             transfer, sink = self._transfers.popleft()
             curl.info = sink
             try:
@@ -108,49 +257,88 @@ class CurlClient(CurlAsyncHTTPClient):
                         failure_of(-1, f"the transfer could not be set up ({type(error).__name__})")
                     )
                 finally:
-                    curl.reset()
-                    self._free_list.append(curl)
-            else:
-                sink.on_started(self, curl)
+                    self._release(curl, failed=True)
+                    self._free.append(curl)
+                continue
+            sink.on_started(self, curl)
+            self._starting = True
+            try:
                 self._multi.add_handle(curl)
+            finally:
+                self._starting = False
+            kick = True
+        if kick:
+            if self._soon is not None:
+                self._soon.cancel()
+                self._soon = None
+            self._now()  # libcurl sends the requests now
 
     def _set_up(self, curl: pycurl.Curl, transfer: Transfer, sink: Sink) -> None:
+        prepared = curl.setup is transfer.setup and curl.method == transfer.method
+        if not prepared or transfer.cookies is not None:
+            self._prepare(curl, transfer)
         for option, value in transfer.options:
             curl.setopt(option, value)
-        for option, value in self._profile_options:
-            curl.setopt(option, value)
-        if transfer.ca_file:  # else the bundle pycurl found at import (re-applied on reset)
-            curl.setopt(pycurl.CAINFO, transfer.ca_file)
-            curl.setopt(pycurl.CAPATH, None)
-            curl.setopt(pycurl.PROXY_CAINFO, transfer.ca_file)
-            curl.setopt(pycurl.PROXY_CAPATH, None)
         curl.setopt(pycurl.HTTPHEADER, transfer.header_lines)
         # The exchange's own header and body callbacks: they run in libcurl's order, cost no
         # IOLoop callback, and pause the transfer when the client falls behind.
         curl.setopt(pycurl.HEADERFUNCTION, sink.on_header)
         curl.setopt(pycurl.WRITEFUNCTION, sink.on_write)
-        # curl_easy_reset keeps a handle's shares and cookies: a handle that served a login would
-        # send that login's cookies with the next request it serves. Detaching the share also
-        # drops the handle's cookie engine (checked against libcurl 8.23, tests/e2e/test_logins.py).
-        curl.setopt(pycurl.SHARE, None)
         if transfer.cookies is not None:
             curl.setopt(pycurl.SHARE, transfer.cookies.share(self.engine, _cookie_share))
             curl.setopt(pycurl.COOKIEFILE, "")  # "" turns the cookie engine on without reading a file
 
+    def _prepare(self, curl: pycurl.Curl, transfer: Transfer) -> None:
+        """Reset the handle and give it the transfer's setup and the profile: every option either
+        sets, each to its value or to libcurl's default. A handle that runs the same setup and
+        sends the same way next keeps them (only the request's own options change); a login's
+        handle (cookies) is reset after it, whatever comes next."""
+        if curl.method is not None:  # None: fresh or just reset
+            curl.reset()
+        setup = transfer.setup
+        for option, value in setup.options:
+            curl.setopt(option, value)
+        for option, value in self._profile_options:
+            curl.setopt(option, value)
+        if setup.ca_file:  # else the bundle pycurl found at import (re-applied on reset)
+            curl.setopt(pycurl.CAINFO, setup.ca_file)
+            curl.setopt(pycurl.CAPATH, None)
+            curl.setopt(pycurl.PROXY_CAINFO, setup.ca_file)
+            curl.setopt(pycurl.PROXY_CAPATH, None)
+        # curl_easy_reset keeps a handle's shares and cookies: a handle that served a login would
+        # send that login's cookies with the next request it serves. Detaching the share also
+        # drops the handle's cookie engine (checked against libcurl 8.23, tests/e2e/test_logins.py).
+        curl.setopt(pycurl.SHARE, None)
+        reusable = transfer.cookies is None
+        curl.setup = setup if reusable else None
+        curl.method = transfer.method
+
     def _finish(
         self, curl: pycurl.Curl, curl_error: int | None = None, curl_message: str | None = None
     ) -> None:
+        """The transfer on `curl` is over (its handle is out of the multi handle): tell its sink."""
         sink: Sink = curl.info
         curl.info = None
-        self._multi.remove_handle(curl)
         try:
             failure = failure_of(curl_error, curl_message or "", curl.getinfo) if curl_error else None
             sink.on_ended(failure)
         except Exception:
             log.exception("a transfer's completion failed")
         finally:
+            self._release(curl, failed=curl_error is not None)
+            self._free.append(curl)
+
+    def _release(self, curl: pycurl.Curl, failed: bool) -> None:
+        """Drop what the handle holds of the transfer (the sink's callbacks, the body); after a
+        failure or a login it is reset whole, and prepared again by the next transfer."""
+        if failed or curl.setup is None:
             curl.reset()
-            self._free_list.append(curl)
+            curl.setup = curl.method = None
+            return
+        curl.setopt(pycurl.HEADERFUNCTION, None)
+        curl.setopt(pycurl.WRITEFUNCTION, None)
+        if curl.method[1]:
+            curl.setopt(pycurl.POSTFIELDS, b"")  # pycurl holds the body it was given until then
 
 
 def libcurl_version() -> str:

@@ -20,16 +20,11 @@ from tornadoproxy.upstream.transport import Transport
 log = logging.getLogger(__name__)
 
 
-def _pycurl(profile: ClientProfile, capacity: int) -> Transport:
-    # force_instance: never the shared per-IOLoop singleton, whose max_clients is fixed at 10.
-    return CurlClient(force_instance=True, profile=profile, max_clients=capacity)
-
-
 # An engine makes the transport of one profile, with room for `capacity` transfers.
 Engine = Callable[[ClientProfile, int], Transport]
 
 ENGINES: dict[str, Engine] = {
-    "pycurl": _pycurl,
+    "pycurl": CurlClient,
     "curl_cffi": ImpersonationClient,
 }
 

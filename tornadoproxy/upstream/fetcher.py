@@ -32,7 +32,7 @@ from tornadoproxy.upstream.engines import Transports
 from tornadoproxy.upstream.exchange import Exchange
 from tornadoproxy.upstream.gate import Gate
 from tornadoproxy.upstream.request import UpstreamRequest, UpstreamRoute
-from tornadoproxy.upstream.transport import CurlOption, Transfer
+from tornadoproxy.upstream.transport import CurlOption, Setup, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class Fetcher:
             proxy: proxy.curl_options() for route in routes.values() for proxy in route.proxies
         }
         self._transports = transports
+        self._setups: dict[EgressProxy, Setup] = {}  # per proxy, for the current settings
         self.reconfigure(config, routes)
         self._gate = Gate(config.max_clients, config.queue_timeout, metrics)
         self._open: set[Exchange] = set()
@@ -83,6 +84,7 @@ class Fetcher:
         clients' size and the egress proxies (their health is tracked) are fixed at start-up."""
         self.config = config
         self._routes = dict(routes)
+        self._setups = {}  # timeouts or trust may have changed
         self._transports.retire(route.profile for route in routes.values())
         if hasattr(self, "_gate"):
             self._gate.wait = config.queue_timeout
@@ -108,16 +110,24 @@ class Fetcher:
         """Hand the exchange's request to its profile's engine through its current proxy."""
         request, route = exchange.request, exchange.route
         profile = request.profile or route.profile  # an account of the pool may have its own
-        proxy_options = self._proxy_options.get(exchange.proxy)
-        if proxy_options is None:  # a pinned proxy outside every route's list: an account's own
-            proxy_options = self._proxy_options[exchange.proxy] = exchange.proxy.curl_options()
+        setup = self._setups.get(exchange.proxy) or self._setup(exchange.proxy)
         transfer = Transfer(
-            options=proxy_options + _request_options(request, int(self.config.connect_timeout * 1000)),
+            options=_request_options(request),
             header_lines=profile.header_lines(request.headers, route.origin),
-            ca_file=self.config.ca_file,
+            setup=setup,
+            method=(request.method, request.body is not None),
             cookies=request.cookies,
         )
         self._transports.get(profile).start(transfer, exchange)
+
+    def _setup(self, proxy: EgressProxy) -> Setup:
+        """The options every request through `proxy` shares, for the current settings."""
+        proxy_options = self._proxy_options.get(proxy)
+        if proxy_options is None:  # a pinned proxy outside every route's list: an account's own
+            proxy_options = self._proxy_options[proxy] = proxy.curl_options()
+        options = proxy_options + _shared_options(int(self.config.connect_timeout * 1000))
+        setup = self._setups[proxy] = Setup(options, self.config.ca_file)
+        return setup
 
     def transfer_ended(self, exchange: Exchange, failure: CurlFailure | None) -> bool:
         """libcurl is done with the exchange's current attempt: classify a failure, retry when safe
@@ -247,8 +257,8 @@ class Fetcher:
         self._transports.close()
 
 
-def _request_options(request: UpstreamRequest, connect_ms: int) -> tuple[CurlOption, ...]:
-    """The options of one request that are the same on every engine: URL, method and body, timeouts."""
+def _request_options(request: UpstreamRequest) -> tuple[CurlOption, ...]:
+    """The options of one request that are the same on every engine: URL, method and body."""
     method, body = request.method, request.body
     if method == "HEAD":
         sending: tuple[CurlOption, ...] = ((pycurl.NOBODY, 1),)
@@ -258,10 +268,13 @@ def _request_options(request: UpstreamRequest, connect_ms: int) -> tuple[CurlOpt
         sending = ((pycurl.POSTFIELDSIZE_LARGE, len(body)), (pycurl.POSTFIELDS, body))
     if method not in ("GET", "HEAD", "POST"):
         sending += ((pycurl.CUSTOMREQUEST, method),)
+    return ((pycurl.URL, request.url), *sending)
+
+
+def _shared_options(connect_ms: int) -> tuple[CurlOption, ...]:
+    """The options every request has, the same on every engine: protocols, timeouts, buffers."""
     return (
-        (pycurl.URL, request.url),
         (pycurl.PROTOCOLS, _HTTP_ONLY),
-        *sending,
         (pycurl.CONNECTTIMEOUT_MS, connect_ms),
         # libcurl keeps its send buffer (64 KiB by default) until the transfer ends: for a
         # stream that is 64 KiB per open stream for a request of a few hundred bytes.

@@ -206,13 +206,13 @@ class ImpersonationClient:
 
     def _set_up(self, curl: Curl, transfer: Transfer, sink: Sink) -> None:
         handle = curl._curl
-        for option, value in transfer.options:
+        for option, value in transfer.setup.options + transfer.options:
             if option == CurlOpt.POSTFIELDS:
                 curl.setopt(CurlOpt.POSTFIELDS, value)  # libcurl keeps the pointer: curl_cffi holds the bytes
             else:
                 self._set(handle, option, value)
         # The trust store before impersonate(): nothing of ours that touches TLS may follow it.
-        bundle = transfer.ca_file or DEFAULT_CACERT
+        bundle = transfer.setup.ca_file or DEFAULT_CACERT
         for option, value in _trust(bundle):
             self._set(handle, option, value)
         target = self._profile.target

@@ -31,14 +31,28 @@ WRITE_ERROR = 0xFFFFFFFF
 CurlOption = tuple[int, Any]
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Setup:
+    """The options every request of one route through one egress proxy shares (timeouts, buffer
+    sizes, the proxy, the trust store), built once by the fetcher and handed, the same object, to
+    every such transfer: an engine whose handle last ran the same setup (`is`) need not set them
+    again."""
+
+    options: tuple[CurlOption, ...]
+    ca_file: str  # fetch.ca_file, "" for the system bundle
+
+
 @dataclass(frozen=True, slots=True)
 class Transfer:
-    """One attempt of a request, engine-neutral. `options` are the options every engine sets the
-    same way (URL, method and body, timeouts, egress proxy); `header_lines` come from the profile."""
+    """One attempt of a request, engine-neutral: the request's own options (URL, method and
+    body), which every engine sets the same way, the shared `setup`, and the header lines, which
+    come from the profile. `method` names how the request is sent (its method, and whether it has
+    a body): a handle that last sent the same way needs only the request's options again."""
 
     options: tuple[CurlOption, ...]
     header_lines: list[bytes]
-    ca_file: str  # fetch.ca_file, "" for the system bundle
+    setup: Setup
+    method: tuple[str, bool]
     cookies: CookieJar | None
 
 
