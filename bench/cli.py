@@ -62,7 +62,10 @@ def rewrite_summary(folder: Path) -> int:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke run, about 3 minutes")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"subset of {','.join(SYSTEMS)}")
+    parser.add_argument(
+        "--systems",
+        help=f"subset of {','.join(SYSTEMS)} (default: all of them, gateway-base only with --base)",
+    )
     parser.add_argument("--reps", type=int, help="repetitions (tables show medians)")
     parser.add_argument("--workers", type=int, choices=(1, 2), default=1, help="2: SUTs on cpus 0,1")
     parser.add_argument("--hold-c", type=int, help="streams held at once in the hold test (<= 10000)")
@@ -100,7 +103,10 @@ def main(argv: list[str]) -> int:
     if args.profile and shutil.which(args.py_spy) is None:
         print(f"--profile: no py-spy at {args.py_spy!r}; see bench/README.md", file=sys.stderr)
         return 2
-    systems = [s for s in args.systems.split(",") if s]
+    if args.systems is None:  # gateway-base runs another checkout: only when one is given
+        systems = [s for s in SYSTEMS if s != "gateway-base" or args.base is not None]
+    else:
+        systems = [s for s in args.systems.split(",") if s]
     if "gateway-base" in systems and (args.base is None or not (args.base / "tornadoproxy").is_dir()):
         print("gateway-base needs --base DIR, a checkout with tornadoproxy/ in it", file=sys.stderr)
         return 2
