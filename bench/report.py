@@ -150,34 +150,41 @@ def headline(records: list[Record]) -> str:
 
 def engines(records: list[Record]) -> str:
     """The curl_cffi engine (gateway-chrome) against the pycurl engine (gateway), same run."""
-    table = values(records)
-    pycurl, cffi = table.get("gateway", {}), table.get("gateway-chrome", {})
-    if not pycurl or not cffi:
-        return "(run both `gateway` and `gateway-chrome` for this table)"
-    lines = ["| metric | pycurl (plain) | curl_cffi (chrome) | curl_cffi ÷ pycurl |", "|---|---|---|---|"]
-    for metric in METRICS:
-        if pycurl.get(metric.key) is None and cffi.get(metric.key) is None:
-            continue
-        pairs = ((pycurl, "gateway"), (cffi, "gateway-chrome"))
-        cells = [_cell(metric, row, records, name) for row, name in pairs]
-        ratio = _ratio(cffi.get(metric.key), pycurl.get(metric.key))
-        lines.append(f"| {metric.label} | " + " | ".join(cells) + f" | {ratio} |")
-    return "\n".join(lines)
+    return _side_by_side(
+        records,
+        ("gateway", "gateway-chrome"),
+        "| metric | pycurl (plain) | curl_cffi (chrome) | curl_cffi ÷ pycurl |",
+        "(run both `gateway` and `gateway-chrome` for this table)",
+        invert=True,
+    )
 
 
 def against_base(records: list[Record]) -> str:
     """This checkout's gateway against another commit's (gateway-base, `--base`), same run."""
+    return _side_by_side(
+        records,
+        ("gateway", "gateway-base"),
+        "| metric | gateway (this checkout) | gateway-base | this ÷ base |",
+        "(run both `gateway` and `gateway-base` (--base DIR) for this table)",
+    )
+
+
+def _side_by_side(
+    records: list[Record], systems: tuple[str, str], header: str, missing: str, invert: bool = False
+) -> str:
+    """Two systems of one run, metric by metric, with first ÷ second (second ÷ first if `invert`)."""
     table = values(records)
-    current, base = table.get("gateway", {}), table.get("gateway-base", {})
-    if not current or not base:
-        return "(run both `gateway` and `gateway-base` (--base DIR) for this table)"
-    lines = ["| metric | gateway (this checkout) | gateway-base | this ÷ base |", "|---|---|---|---|"]
+    first, second = (table.get(system, {}) for system in systems)
+    if not first or not second:
+        return missing
+    lines = [header, "|---|---|---|---|"]
     for metric in METRICS:
-        if current.get(metric.key) is None and base.get(metric.key) is None:
+        if first.get(metric.key) is None and second.get(metric.key) is None:
             continue
-        pairs = ((current, "gateway"), (base, "gateway-base"))
-        cells = [_cell(metric, row, records, name) for row, name in pairs]
-        ratio = _ratio(current.get(metric.key), base.get(metric.key))
+        rows = zip((first, second), systems, strict=True)
+        cells = [_cell(metric, row, records, name) for row, name in rows]
+        top, bottom = (second, first) if invert else (first, second)
+        ratio = _ratio(top.get(metric.key), bottom.get(metric.key))
         lines.append(f"| {metric.label} | " + " | ".join(cells) + f" | {ratio} |")
     return "\n".join(lines)
 
