@@ -18,6 +18,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.harness import Gateway, Simulator, metric_value, request, streaming, wait_for
+from tests.pool_fixtures import jwt
 from tests.secrets_used import ACCESS_TOKEN, API_KEY, EXPIRED_TOKEN
 from tornadoproxy.imitate.request import ChatMessage
 from tornadoproxy.imitate.tokens import EncodingCounter, load_counter, prompt_tokens
@@ -515,7 +516,8 @@ def niceness(pid: int) -> int:
 def test_proofs_are_solved_in_a_niced_worker_that_is_replaced_when_it_dies(
     make_gateway: Any, sim: Simulator, sdk: Callable[..., openai.OpenAI]
 ) -> None:
-    gw = make_gateway()
+    # With an account configured the worker spawns at start-up (without, at the first completion).
+    gw = make_gateway({"accounts": [{"name": "niced", "access_token": jwt(sub="niced")}]})
     (worker,) = wait_for(lambda: proof_workers(gw), what="the proof-of-work worker to start")
     wait_for(lambda: niceness(worker) == 10, what="its initializer to lower its priority")
     os.kill(worker, signal.SIGKILL)

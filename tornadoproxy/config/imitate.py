@@ -104,7 +104,7 @@ class ImitateConfig:
     proof_workers: int = option(
         1,
         "processes that solve proofs of work (niced, so that answers keep their CPU); started in the "
-        "background at start-up",
+        "background at start-up when accounts are configured, else by the first /imitate completion",
         between(1, 64),
         reload=False,
     )

@@ -236,8 +236,8 @@ async def serve(
     if ops_sockets:
         log.info("ops endpoints on %s:%d", config.server.ops_host, config.server.ops_port)
     readiness.start()
-    proofs.start()  # the workers spawn beside the start-up; nothing waits for them
     if pool is not None:
+        proofs.start()  # the pool answers /imitate: its workers spawn beside the start-up, unwaited
         pool.start()  # background logins: start-up does not wait for them
     tune_memory_allocator()
     tune_garbage_collector()

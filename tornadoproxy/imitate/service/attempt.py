@@ -101,6 +101,7 @@ class Attempts:
         """Run one attempt until the first assistant text; UpstreamError when it failed first
         (GatewayBusy when the gateway itself is full or shutting down: not the account's doing)."""
         record.attempts += 1
+        self._proofs.start()  # the first spawn, if any, runs beside the sentinel's round trip
         telemetry = self._telemetry(seat)
         needs = await self._requirements(seat, telemetry)
         proof = await self._proof(needs, telemetry, record) if needs.proof_required else None
