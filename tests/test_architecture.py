@@ -255,3 +255,16 @@ def test_readme_error_table_is_the_catalogue() -> None:
     assert set(documented) == {code.value for code in Code}, set(documented) ^ set(Code)
     for code in Code:
         assert documented[code] == code.status, code
+
+
+def test_the_gateway_imports_redis_only_for_a_redis_configuration() -> None:
+    """redis-py costs about 6 MB per process: the gateway's modules import it only where a Redis
+    store or a shared pool is built (auth.redisstore, pool.shared), not at start-up."""
+    code = (
+        "import sys, tornadoproxy.__main__, tornadoproxy.process.workers, tornadoproxy.pool.pool\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'redis'], 'redis imported'\n"
+        "import tornadoproxy.auth.redisstore, tornadoproxy.pool.shared\n"
+        "assert 'redis.asyncio' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

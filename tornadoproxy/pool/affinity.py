@@ -16,12 +16,14 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cachetools import TLRUCache
 
 from tornadoproxy.auth.tokenstore import StoreUnavailable
-from tornadoproxy.pool.shared import SharedSlots
+
+if TYPE_CHECKING:  # shared.py imports redis-py (6 MB): only a pool shared through Redis needs it
+    from tornadoproxy.pool.shared import SharedSlots
 
 log = logging.getLogger(__name__)
 

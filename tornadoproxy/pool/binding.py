@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from tornadoproxy.auth.tokenstore import StoreUnavailable
 from tornadoproxy.pool.account import Account
-from tornadoproxy.pool.shared import SharedSlots
 from tornadoproxy.upstream.egress import EgressProxy
 from tornadoproxy.upstream.egress_pool import EgressPools
+
+if TYPE_CHECKING:  # shared.py imports redis-py (6 MB): only a pool shared through Redis needs it
+    from tornadoproxy.pool.shared import SharedSlots
 
 log = logging.getLogger(__name__)
 

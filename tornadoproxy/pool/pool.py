@@ -17,6 +17,7 @@ import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 from tornadoproxy.auth.logins import Logins
 from tornadoproxy.auth.tokens import TokenCache
@@ -34,9 +35,11 @@ from tornadoproxy.pool.metrics import PoolMetrics
 from tornadoproxy.pool.outcome import BACKOFF_KINDS, Outcome
 from tornadoproxy.pool.pacing import backoff
 from tornadoproxy.pool.queue import Grant, Waiter, WaitQueue
-from tornadoproxy.pool.shared import SharedSlots
-from tornadoproxy.pool.sync import PoolSync
 from tornadoproxy.upstream.egress_pool import EgressPools
+
+if TYPE_CHECKING:  # they import redis-py (6 MB): only a pool shared through Redis needs it
+    from tornadoproxy.pool.shared import SharedSlots
+    from tornadoproxy.pool.sync import PoolSync
 
 _FIRST_HOLD_GUESS = 30.0  # seconds an answer holds an account, until answers have been timed
 
@@ -64,7 +67,11 @@ class AccountPool:
         self._egress = egress
         self.binder = EgressBinder(egress, accounts, shared)
         self._keeper = TokenKeeper(config, logins, tokens, self.binder, metrics, self.account_changed)
-        self._sync = PoolSync(self, shared) if shared is not None else None
+        self._sync: PoolSync | None = None
+        if shared is not None:
+            from tornadoproxy.pool.sync import PoolSync
+
+            self._sync = PoolSync(self, shared)
         self._lender = Lender(
             self.accounts, self.binder, egress, self._keeper.unauthorized, config.queue_timeout
         )

@@ -37,7 +37,6 @@ from tornadoproxy.observability.sharedmetrics import SAMPLE_INTERVAL, Supervisor
 from tornadoproxy.pool.account import Account
 from tornadoproxy.pool.metrics import PoolMetrics
 from tornadoproxy.pool.pool import AccountPool
-from tornadoproxy.pool.shared import SharedSlots
 from tornadoproxy.process.runtime import Loader, Runtime, access_policy, connection_body_limit
 from tornadoproxy.process.wiring import account_profiles, build_store, load
 from tornadoproxy.process.workers import Loaded, Supervisor
@@ -300,6 +299,8 @@ def build_pool(
     ]
     shared = None
     if config.tokens.store == "redis":
+        from tornadoproxy.pool.shared import SharedSlots  # here: it imports redis-py (6 MB)
+
         shared = SharedSlots(config.tokens.redis_url, config.pool.redis_prefix, config.pool.slot_lease)
     names = [account.name for account in accounts]
     pool_metrics = PoolMetrics(metrics.registry, metrics.watch, names, shared is not None)

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from urllib.parse import unquote, urlsplit
 
-from tornadoproxy.auth.tokenstore import MemoryStore, RedisStore, TokenStore, secret_from_config
+from tornadoproxy.auth.tokenstore import MemoryStore, TokenStore, secret_from_config
 from tornadoproxy.config.schema import Config, ConfigError, CustomProfileConfig, ProxySetting, load_config
 from tornadoproxy.observability.metrics import Metrics
 from tornadoproxy.upstream.egress import parse_proxies, proxy_secrets
@@ -128,6 +128,8 @@ def build_store(config: Config, metrics: Metrics) -> TokenStore:
     tokens = config.tokens
     secret = secret_from_config(tokens.secret)
     if tokens.store == "redis":
+        from tornadoproxy.auth.redisstore import RedisStore  # here: redis-py costs 6 MB per process
+
         return RedisStore(tokens.redis_url, tokens.redis_prefix, secret)
     path = tokens.file if tokens.store == "file" else ""
     return MemoryStore(tokens.max_entries, metrics, secret, path)
