@@ -257,14 +257,19 @@ def test_readme_error_table_is_the_catalogue() -> None:
         assert documented[code] == code.status, code
 
 
-def test_the_gateway_imports_redis_only_for_a_redis_configuration() -> None:
-    """redis-py costs about 6 MB per process: the gateway's modules import it only where a Redis
-    store or a shared pool is built (auth.redisstore, pool.shared), not at start-up."""
+def test_the_gateway_imports_redis_and_cryptography_only_when_they_are_used() -> None:
+    """redis-py and cryptography cost about 6 and 7 MB per process: the gateway imports redis-py only
+    where a Redis store or a shared pool is built (auth.redisstore, pool.shared) and AES-GCM at the
+    first seal or unseal of a login, not at start-up."""
     code = (
         "import sys, tornadoproxy.__main__, tornadoproxy.process.workers, tornadoproxy.pool.pool\n"
-        "assert not [m for m in sys.modules if m.split('.')[0] == 'redis'], 'redis imported'\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in ('redis', 'cryptography')]\n"
+        "assert not loaded, loaded\n"
         "import tornadoproxy.auth.redisstore, tornadoproxy.pool.shared\n"
-        "assert 'redis.asyncio' in sys.modules\n"
+        "from tornadoproxy.auth.sealing import seal, unseal\n"
+        "record = seal(bytes(32), bytes(16), 10, 'k', 'f', 0, 't', b'body')\n"
+        "assert unseal(record, bytes(32)) == b'body' and unseal(record, bytes(31) + b'x') is None\n"
+        "assert 'redis.asyncio' in sys.modules and 'cryptography' in sys.modules\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
