@@ -363,6 +363,36 @@ class BaseHandler(RequestHandler):
         if self.pool_account is not None:
             self.set_header(ACCOUNT_HEADER, self.pool_account)
 
+    def send(self, chunk: bytes) -> bool:
+        """Write `chunk` as one chunk of the chunked body straight to the socket when nothing waits
+        before it: none of tornado's futures and callbacks per write (two futures, a loop callback).
+        Otherwise, and for a body tornado does not chunk, queued for `deliver()`."""
+        if not chunk:
+            return True  # an empty chunk would end the chunked body
+        connection = self.request.connection
+        stream = connection.stream  # type: ignore[union-attr]
+        if (
+            self._write_buffer
+            or not self._headers_written
+            or not getattr(connection, "_chunking_output", False)  # tornado's own flag
+            or stream.writing()
+            or stream.closed()
+        ):
+            self.write(chunk)
+            return False
+        framed = b"%x\r\n%b\r\n" % (len(chunk), chunk)
+        try:
+            sent = stream.socket.send(framed)
+        except BlockingIOError:
+            sent = 0
+        except OSError as error:
+            stream.close(exc_info=error)  # tornado calls on_connection_close a loop pass later
+            return False
+        if sent == len(framed):
+            return True
+        stream.write(framed[sent:])  # tornado sends the rest once the socket takes it
+        return False
+
     async def deliver(self) -> None:
         """Wait until the client has taken what was written; drop a client that stalls too long.
 
