@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
@@ -366,7 +367,8 @@ class BaseHandler(RequestHandler):
     def send(self, chunk: bytes) -> bool:
         """Write `chunk` as one chunk of the chunked body straight to the socket when nothing waits
         before it: none of tornado's futures and callbacks per write (two futures, a loop callback).
-        Otherwise, and for a body tornado does not chunk, queued for `deliver()`."""
+        Otherwise, and for a body tornado does not chunk or a socket that is not a plain one (TLS
+        would need its own retries), queued for `deliver()`."""
         if not chunk:
             return True  # an empty chunk would end the chunked body
         connection = self.request.connection
@@ -377,6 +379,7 @@ class BaseHandler(RequestHandler):
             or not getattr(connection, "_chunking_output", False)  # tornado's own flag
             or stream.writing()
             or stream.closed()
+            or type(stream.socket) is not socket.socket
         ):
             self.write(chunk)
             return False
