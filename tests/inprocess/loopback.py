@@ -208,6 +208,10 @@ class RecordingClient:
     def write(self, chunk: bytes) -> None:
         self._pending.append(chunk)
 
+    def send(self, chunk: bytes) -> bool:
+        self._pending.append(chunk)
+        return False  # recorded by the next deliver()
+
     async def deliver(self) -> None:
         if self.gone:
             raise ClientGone()

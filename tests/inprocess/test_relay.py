@@ -1,6 +1,7 @@
-"""The relay in-process, against the loopback upstream: a stream relayed event by event in lockstep,
-a challenge page replaced by its error before anything is written, a 401 that evicts the credential,
-and a body too large to buffer passed on as it arrives."""
+"""The relay in-process, against the loopback upstream: a stream relayed event by event in lockstep
+(from libcurl's callback to a client that keeps up), a challenge page replaced by its error before
+anything is written, a 401 that evicts the credential, and a body too large to buffer passed on as
+it arrives."""
 
 from __future__ import annotations
 
@@ -39,6 +40,39 @@ def test_a_stream_is_relayed_event_by_event_before_the_upstream_sends_the_next()
             assert metric_value(exposition, "tornadoproxy_streams_active") == 0
             assert metric_value(exposition, "tornadoproxy_streams_ended_total", reason="done") == 1
             assert side.fetcher.in_flight == 0
+
+    asyncio.run(run())
+
+
+class KeepingUpClient(RecordingClient):
+    """A client whose connection takes every byte at once. `sent` records each chunk, and whether it
+    was written from outside the relay's task (from libcurl's callback: no task runs there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[tuple[bytes, bool]] = []
+        self.took = asyncio.Event()
+
+    def send(self, chunk: bytes) -> bool:
+        self.sent.append((chunk, asyncio.current_task() is None))
+        self.took.set()
+        return True
+
+
+def test_a_client_that_keeps_up_gets_the_events_from_libcurls_callback() -> None:
+    async def run() -> None:
+        async with against_loopback() as (upstream, side):
+            client = KeepingUpClient()
+            relay = asyncio.create_task(side.relay.relay(side.request("/events"), client))
+            await asyncio.wait_for(client.took.wait(), 10)  # event 1, while event 2 is held
+            assert [chunk for chunk, _ in client.sent] == [b"data: one\n\n"] and not relay.done()
+            upstream.holds.release("event-2")
+            await asyncio.wait_for(relay, 10)
+            # Event 1 may have come with the headers, before the relay waited for the body.
+            assert client.sent[1] == (b"data: two\n\n", True) and len(client.sent) == 2
+            assert client.deliveries == [b""] and client.finished == b""  # the headers' delivery only
+            assert client.stream_end == "done" and client.bytes_out == len(b"data: one\n\ndata: two\n\n")
+            assert side.fetcher.in_flight == 0 and side.relay.active == 0
 
     asyncio.run(run())
 

@@ -24,7 +24,8 @@ class ClientSide(Protocol):
 
     The relay fills in the record fields (for the access log and metrics) as it goes, and calls, in
     this order: `attach` once, `start` once (status and headers, sent with the first `deliver`),
-    `write` and `deliver` any number of times, then one of `finish`, `finish_stream` or `cut`."""
+    `write`, `send` and `deliver` any number of times, then one of `finish`, `finish_stream` or
+    `cut`."""
 
     gone: bool  # the client left (a disconnect seen by the server, or dropped for stalling)
     upstream_status: int | None
@@ -43,6 +44,12 @@ class ClientSide(Protocol):
 
     def write(self, chunk: bytes) -> None:
         """Queue bytes of the body; nothing is sent before `deliver`."""
+        ...
+
+    def send(self, chunk: bytes) -> bool:
+        """Write `chunk` of the body now, without waiting (also from inside libcurl's callbacks):
+        True when the connection took it all, False when some of it is still held (or the client
+        is gone): then `deliver()` waits for it. Only after the first `deliver`."""
         ...
 
     async def deliver(self) -> None:

@@ -11,8 +11,12 @@ proxy (an account of the pool) leaves that judgement to its owner, and a `Watch`
 relayed (the pool learns which account a conversation belongs to). `Relay.fetch()` is the same
 service for the gateway's own bounded requests (logins, probes): the whole answer at once.
 
-The hot path is `_pump()`: one `Exchange.read()`, one write and one `ClientSide.deliver()` per
-upstream chunk, nothing more.
+The hot path is a stream's events: while the client keeps up they go from libcurl's write
+callback straight to the client's connection (`_DirectEvents`, through `Exchange.take_body` and
+`ClientSide.send`), with no future, queue or loop pass per chunk, and `_pump()` stays parked in
+`Exchange.read()`. Whatever else happens (the client's connection holds unsent bytes, an event too
+large, a keep-alive due, the end, a failure, a size check) wakes `_pump()`, which handles it as one
+`read()`, write and `deliver()` (bounded by the stall timeout) per chunk.
 """
 
 from __future__ import annotations
@@ -252,26 +256,44 @@ class Relay:
         if self._keepalive:
             self._fetcher.keep_alive(exchange, self._keepalive)
         await client.deliver()  # status and headers go out before the first event
+        direct = _DirectEvents(exchange, client, splitter, watch)
+        exchange.take_body(direct.take)
+        try:
+            return await self._pump_woken(exchange, client, splitter, watch, direct)
+        finally:
+            exchange.take_body(None)  # the taker refers to the client: no cycle left behind
+
+    async def _pump_woken(
+        self,
+        exchange: Exchange,
+        client: ClientSide,
+        splitter: EventSplitter,
+        watch: Watch | None,
+        direct: _DirectEvents,
+    ) -> str:
+        """What `_DirectEvents` hands back: chunks it did not take, keep-alives, the end."""
         while True:
             try:
                 chunk = await exchange.read()
+                if direct.too_large is not None:
+                    return self._end_bad_stream(client, exchange, direct.too_large)
                 if chunk is None:
                     break
+                behind, direct.behind = direct.behind, False
                 events = splitter.feed(chunk) if chunk else b""
             except UpstreamError as error:
                 _end_with_error(client, exchange, error)
                 return "idle_timeout" if error.code is Code.UPSTREAM_TIMEOUT else "upstream_error"
             except EventTooLarge as error:
-                name = exchange.route.name
-                self._metrics.count_upstream_error(name, "protocol")
-                bad_stream = GatewayError.of(Code.UPSTREAM_BAD_STREAM, upstream=name, problem=error)
-                _end_with_error(client, exchange, bad_stream)
-                return "upstream_error"
+                return self._end_bad_stream(client, exchange, error)
             if events:
                 if watch is not None:
                     watch.events(events)
-                client.write(events)
                 client.bytes_out += len(events)
+                if client.send(events):
+                    continue
+            elif behind:
+                pass  # the direct path left bytes unsent: wait for the client (stall timeout)
             elif not chunk and not splitter.pending:
                 client.write(encode_comment("keep-alive"))
             else:
@@ -286,6 +308,50 @@ class Relay:
             client.write(splitter.pending)  # the upstream's last bytes, passed on as they are
             client.bytes_out += len(splitter.pending)
         return "done"
+
+    def _end_bad_stream(self, client: ClientSide, exchange: Exchange, error: EventTooLarge) -> str:
+        name = exchange.route.name
+        self._metrics.count_upstream_error(name, "protocol")
+        bad_stream = GatewayError.of(Code.UPSTREAM_BAD_STREAM, upstream=name, problem=error)
+        _end_with_error(client, exchange, bad_stream)
+        return "upstream_error"
+
+
+class _DirectEvents:
+    """A stream's events relayed from libcurl's write callback (Exchange.take_body) while the
+    client keeps up. What it cannot finish there it hands back to `_pump_woken` by waking it: bytes
+    the client's connection did not take (`behind`: the pump waits for them, bounded by the stall
+    timeout, while the exchange queues and pauses), or an event over the size limit (`too_large`).
+    Waking also stops it until the pump waits in `read()` again, so chunks keep their order."""
+
+    __slots__ = ("_exchange", "_client", "_splitter", "_watch", "behind", "too_large")
+
+    def __init__(
+        self, exchange: Exchange, client: ClientSide, splitter: EventSplitter, watch: Watch | None
+    ) -> None:
+        self._exchange = exchange
+        self._client = client
+        self._splitter = splitter
+        self._watch = watch
+        self.behind = False
+        self.too_large: EventTooLarge | None = None
+
+    def take(self, chunk: bytes) -> bool:
+        try:
+            events = self._splitter.feed(chunk)
+        except EventTooLarge as error:
+            self.too_large = error.with_traceback(None)  # its frame refers to this object
+            self._exchange.wake()
+            return True
+        if events:
+            if self._watch is not None:
+                self._watch.events(events)
+            client = self._client
+            client.bytes_out += len(events)
+            if not client.send(events):
+                self.behind = True
+                self._exchange.wake()
+        return True
 
 
 def _end_with_error(client: ClientSide, exchange: Exchange, error: GatewayError) -> None:

@@ -3,8 +3,10 @@
 The exchange is the sink of its transfers (transport.Sink): it receives libcurl's own header and
 body callbacks from whichever engine runs its profile, so data arrives in libcurl's order without an
 IOLoop callback per piece, and the transfer pauses when the consumer falls behind. The consumer
-(a handler, a login step, a probe) awaits `wait_headers()` and `read()`. What to do when a
-transfer ends (classify, fail over, release the gate slot) is the fetcher's.
+(a handler, a login step, a probe) awaits `wait_headers()` and `read()`. A consumer may also take
+the body straight from libcurl's write callback while it waits in `read()` (`take_body`): a relayed
+stream's events then reach the client with no future, no queue and no loop pass per chunk. What to
+do when a transfer ends (classify, fail over, release the gate slot) is the fetcher's.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import copy
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from tornadoproxy.errors import Code, UpstreamError
@@ -83,12 +86,14 @@ class Exchange:
         self._chunks: list[bytes] = []  # a list, not a deque: 56 bytes against 600 per open stream
         self._buffered = 0
         self._paused = False
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None  # set while the consumer waits
+        self._taker: Callable[[bytes], bool] | None = None  # see take_body()
         # libcurl decodes gzip and br itself; the write callback counts what it decoded, libcurl's
         # SIZE_DOWNLOAD what came over the wire. Checked in read(), where getinfo is allowed (pycurl
         # refuses it inside callbacks); the transfer pauses past _HIGH_WATER, so at most that much
         # more is decoded before a check.
         self._max_decoded = max_decoded
+        self._check_decoded_from = min(RATIO_FROM, max_decoded)
         self._coded = False  # the answer has a Content-Encoding
         self._decoded = 0
         self._encoded = 0  # as read at the end of the transfer
@@ -114,7 +119,7 @@ class Exchange:
             if self.error is not None:
                 raise self._raised_error()
             return None
-        if self._coded and self._decoded > min(RATIO_FROM, self._max_decoded):
+        if self._coded and self._decoded > self._check_decoded_from:
             self._check_inflation()
         if self._chunks:
             data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
@@ -168,10 +173,25 @@ class Exchange:
             if self._transport is not None and self._handle is not None:
                 self._transport.cancel(self._handle)
 
+    def take_body(self, taker: Callable[[bytes], bool] | None) -> None:
+        """Hand body bytes to `taker` from libcurl's write callback while the consumer waits in
+        `read()` with nothing queued and no size check due; None stops it (clear it at the end:
+        the taker refers to its consumer). `taker(chunk)` returns True when it took the chunk, False
+        to have it queued for `read()` as usual. It runs inside libcurl's callback, so it must not
+        raise, abort or resume this exchange: it may `wake()` the consumer."""
+        self._taker = taker
+
+    def wake(self) -> None:
+        """Wake the consumer with no data (its `read()` returns b""): the taker's way to hand back."""
+        self._wake()
+
     async def _wait(self) -> None:
         waiter = self._loop.create_future()
         self._waiter = waiter
-        await waiter
+        try:
+            await waiter
+        finally:
+            self._waiter = None  # also when the consumer was cancelled: it waits no more
 
     def keepalive_due(self, now: float) -> bool:
         """Whether the consumer asked for keep-alives and has heard nothing for `keepalive` s."""
@@ -235,6 +255,15 @@ class Exchange:
             return WRITE_PAUSE
         self._last_activity = self._quiet_since = time.monotonic()
         self._decoded += len(chunk)
+        taker = self._taker
+        if (
+            taker is not None
+            and self._waiter is not None
+            and not self._chunks
+            and not (self._coded and self._decoded > self._check_decoded_from)
+            and taker(chunk)
+        ):
+            return len(chunk)
         self._chunks.append(chunk)
         self._buffered += len(chunk)
         self._wake()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
@@ -362,6 +363,38 @@ class BaseHandler(RequestHandler):
             self.add_header(name, value)
         if self.pool_account is not None:
             self.set_header(ACCOUNT_HEADER, self.pool_account)
+
+    def send(self, chunk: bytes) -> bool:
+        """Write `chunk` as one chunk of the chunked body straight to the socket when nothing waits
+        before it: none of tornado's futures and callbacks per write (two futures, a loop callback).
+        Otherwise, and for a body tornado does not chunk or a socket that is not a plain one (TLS
+        would need its own retries), queued for `deliver()`."""
+        if not chunk:
+            return True  # an empty chunk would end the chunked body
+        connection = self.request.connection
+        stream = connection.stream  # type: ignore[union-attr]
+        if (
+            self._write_buffer
+            or not self._headers_written
+            or not getattr(connection, "_chunking_output", False)  # tornado's own flag
+            or stream.writing()
+            or stream.closed()
+            or type(stream.socket) is not socket.socket
+        ):
+            self.write(chunk)
+            return False
+        framed = b"%x\r\n%b\r\n" % (len(chunk), chunk)
+        try:
+            sent = stream.socket.send(framed)
+        except BlockingIOError:
+            sent = 0
+        except OSError as error:
+            stream.close(exc_info=error)  # tornado calls on_connection_close a loop pass later
+            return False
+        if sent == len(framed):
+            return True
+        stream.write(framed[sent:])  # tornado sends the rest once the socket takes it
+        return False
 
     async def deliver(self) -> None:
         """Wait until the client has taken what was written; drop a client that stalls too long.
