@@ -1,11 +1,26 @@
-"""The lean handler starts each request in the state tornado's RequestHandler does."""
+"""The web layer's shortcuts give what tornado's own paths give: the fixed-path route lookup and the
+lean handler's initial state."""
 
 from __future__ import annotations
 
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine, format_timestamp
 from tornado.web import Application, RequestHandler
 
+from tornadoproxy.web.app import _GatewayApplication, all_routes
+from tornadoproxy.web.handlers.routing import route_specs
 from tornadoproxy.web.lean_handler import LeanRequestHandler
+
+
+def test_fixed_paths_find_the_handler_tornado_finds() -> None:
+    services = object()
+    app = _GatewayApplication(route_specs(all_routes(), services))
+    fixed = [route.template for route in all_routes() if "{" not in route.template]
+    assert "/platform/v1/chat/completions" in app._fixed
+    for path in fixed + ["/platform/v1/other", "/nowhere"]:
+        request = HTTPServerRequest(start_line=RequestStartLine("POST", path + "?a=1", "HTTP/1.0"))
+        ours, tornados = app.find_handler(request), Application.find_handler(app, request)
+        assert (ours.handler_class, ours.handler_kwargs) == (tornados.handler_class, tornados.handler_kwargs)
+        assert (ours.path_args, ours.path_kwargs) == (tornados.path_args, tornados.path_kwargs)
 
 
 class _Connection:
