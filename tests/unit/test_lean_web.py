@@ -1,14 +1,53 @@
-"""The web layer's shortcuts give what tornado's own paths give: the fixed-path route lookup and the
-lean handler's initial state."""
+"""The web layer's shortcuts give what tornado's own paths give: the header block parser, the fixed-path
+route lookup and the lean handler's initial state."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tornado.http1connection import HTTP1Connection
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine, format_timestamp
 from tornado.web import Application, RequestHandler
 
 from tornadoproxy.web.app import _GatewayApplication, all_routes
+from tornadoproxy.web.framing import StrictHTTP1Connection
 from tornadoproxy.web.handlers.routing import route_specs
 from tornadoproxy.web.lean_handler import LeanRequestHandler
+
+
+def _parsed(parse: Any, data: bytes) -> tuple[str, object]:
+    connection = StrictHTTP1Connection.__new__(StrictHTTP1Connection)  # parsing uses no state
+    try:
+        start_line, headers = parse(connection, data)
+    except Exception as error:  # noqa: BLE001 - the kind of refusal is what is compared
+        return "refused", type(error).__name__
+    return start_line, (list(headers.get_all()), {name: headers[name] for name in headers})
+
+
+_FIELD_TEXT = st.text(alphabet='aZ-_:; \t\r\x7f\x80\xe9\xff!~,="', max_size=12)
+_FIELD_LINE = st.one_of(
+    st.builds(
+        lambda n, v: f"{n}:{v}", st.sampled_from(["Host", "x-a", "X-A", "Set-Cookie", "A b", ""]), _FIELD_TEXT
+    ),
+    _FIELD_TEXT,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(lines=st.lists(_FIELD_LINE, max_size=6), leading=st.sampled_from(["", "\r\n", "\r\n\r\n"]))
+def test_header_blocks_parse_as_tornado_parses_them(lines: list[str], leading: str) -> None:
+    block = (
+        leading
+        + "POST /platform/v1/chat/completions HTTP/1.1\r\n"
+        + "".join(f"{x}\r\n" for x in lines)
+        + "\r\n"
+    )
+    data = block.encode("latin-1")
+    assert _parsed(StrictHTTP1Connection._parse_headers, data) == _parsed(
+        HTTP1Connection._parse_headers, data
+    )
 
 
 def test_fixed_paths_find_the_handler_tornado_finds() -> None:
