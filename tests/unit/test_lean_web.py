@@ -3,6 +3,7 @@ route lookup and the lean handler's initial state."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from hypothesis import given, settings
@@ -12,9 +13,10 @@ from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine, f
 from tornado.web import Application, RequestHandler
 
 from tornadoproxy.web.app import _GatewayApplication, all_routes
-from tornadoproxy.web.framing import StrictHTTP1Connection
+from tornadoproxy.web.framing import StrictHTTP1Connection, _has_bare_lf
 from tornadoproxy.web.handlers.routing import route_specs
 from tornadoproxy.web.lean_handler import LeanRequestHandler
+from tornadoproxy.web.listener import _HEADER_END
 
 
 def _parsed(parse: Any, data: bytes) -> tuple[str, object]:
@@ -48,6 +50,19 @@ def test_header_blocks_parse_as_tornado_parses_them(lines: list[str], leading: s
     assert _parsed(StrictHTTP1Connection._parse_headers, data) == _parsed(
         HTTP1Connection._parse_headers, data
     )
+
+
+# The listener's header-end pattern as it was first written: lazy, one byte at a time.
+_HEADER_END_BYTEWISE = re.compile(rb"\A[\r\n]*[^\r\n][\s\S]*?\r?\n\r?\n")
+_CRLF_SOUP = st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b" ", b":"]), max_size=16).map(b"".join)
+
+
+@settings(max_examples=600, deadline=None)
+@given(data=_CRLF_SOUP)
+def test_the_header_end_and_bare_lf_checks_find_what_the_bytewise_patterns_find(data: bytes) -> None:
+    ours, bytewise = re.search(_HEADER_END, data), _HEADER_END_BYTEWISE.search(data)
+    assert (ours and ours.end()) == (bytewise and bytewise.end())
+    assert _has_bare_lf(data) == bool(re.search(rb"(?<!\r)\n", data))
 
 
 def test_fixed_paths_find_the_handler_tornado_finds() -> None:
