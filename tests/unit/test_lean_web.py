@@ -3,14 +3,18 @@ route lookup and the lean handler's initial state."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import socket
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tornado.http1connection import HTTP1Connection
+from tornado.httpserver import HTTPServer
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine, format_timestamp
-from tornado.web import Application, RequestHandler
+from tornado.netutil import bind_sockets
+from tornado.web import Application, HTTPError, RequestHandler, stream_request_body
 
 from tornadoproxy.web.app import _GatewayApplication, all_routes
 from tornadoproxy.web.framing import StrictHTTP1Connection, _has_bare_lf
@@ -107,3 +111,71 @@ def test_the_lean_handler_starts_as_tornados_without_its_server_header() -> None
     lean.write(b"x")
     lean.clear()
     assert _state(lean)["_status_code"] == 200 and lean._write_buffer == []
+
+
+@stream_request_body
+class _Recorder(LeanRequestHandler):
+    """Records the order in which the lean delegate calls it."""
+
+    SUPPORTED_METHODS = ("POST",)
+    calls: list[str] = []
+
+    def initialize(self, route: str) -> None:
+        self.route = route
+
+    def prepare(self) -> None:
+        self.calls.append("prepare")
+        if self.request.headers.get("X-Refuse"):
+            self.set_status(403)
+            self.finish(b"refused")
+
+    def data_received(self, chunk: bytes) -> None:
+        self.calls.append(f"data {len(chunk)}")
+
+    async def post(self) -> None:
+        self.calls.append("post")
+        await asyncio.sleep(0)
+        if self.request.headers.get("X-Fail"):
+            raise HTTPError(418)
+        self.write(b"posted")
+
+
+def _exchange(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(request)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_the_lean_delegate_prepares_at_the_headers_and_runs_the_method_after_the_body() -> None:
+    async def run() -> list[tuple[bytes, list[str]]]:
+        app = _GatewayApplication([("/x", _Recorder, {"route": "/x"})])
+        [sock] = bind_sockets(0, "127.0.0.1")
+        server = HTTPServer(app)
+        server.add_sockets([sock])
+        port = sock.getsockname()[1]
+        seen = []
+        head = b"POST /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 3\r\n"
+        for extra in (b"", b"X-Refuse: 1\r\n", b"X-Fail: 1\r\n"):
+            _Recorder.calls = []
+            answer = await asyncio.get_running_loop().run_in_executor(
+                None, _exchange, port, head + extra + b"\r\nabc"
+            )
+            status, body = answer.split(b"\r\n", 1)[0], answer.rsplit(b"\r\n", 1)[-1]
+            seen.append((status + b" " + body[-7:].lstrip(b">"), _Recorder.calls))
+        first = _Recorder.calls = []
+        answer = await asyncio.get_running_loop().run_in_executor(
+            None, _exchange, port, b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        seen.append((answer.split(b"\r\n", 1)[0], first))
+        server.stop()
+        return seen
+
+    assert asyncio.run(run()) == [
+        (b"HTTP/1.1 200 OK posted", ["prepare", "data 3", "post"]),
+        (b"HTTP/1.1 403 Forbidden refused", ["prepare"]),  # finished by prepare(): no method
+        (b"HTTP/1.1 418 I'm a Teapot </html>", ["prepare", "data 3", "post"]),  # tornado's error page
+        (b"HTTP/1.1 405 Method Not Allowed", []),  # refused before prepare(), as tornado does
+    ]

@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from tornado.httputil import HTTPServerRequest
-from tornado.web import Application, RequestHandler, _HandlerDelegate
+from tornado.web import Application, RequestHandler, _HandlerDelegate, _has_stream_request_body
 
 from tornadoproxy.web.handlers import accounts, chatgpt, imitate, logins, ops, platform
 from tornadoproxy.web.handlers.base import RELAY_METHODS, BaseHandler
 from tornadoproxy.web.handlers.ops import NotFoundHandler
 from tornadoproxy.web.handlers.routing import Route, fixed_paths, route_specs
+from tornadoproxy.web.lean_handler import LeanHandlerDelegate, LeanRequestHandler
 from tornadoproxy.web.services import Services
 
 _KNOWN_METHODS = frozenset(RELAY_METHODS + ("OPTIONS",))
@@ -29,11 +30,24 @@ def all_routes() -> list[Route]:
 class _GatewayApplication(Application):
     """tornado's Application, with the routes of a fixed path found by one dict lookup: tornado
     tries each route's pattern in turn, and the busiest routes (/platform/v1/chat/completions)
-    have fixed paths."""
+    have fixed paths. Every handler of the gateway is served by LeanHandlerDelegate
+    (lean_handler.py)."""
 
     def __init__(self, specs: list[tuple[str, type[RequestHandler], dict[str, Any]]], **settings: Any):
         super().__init__(specs, **settings)
         self._fixed = fixed_paths(specs)
+
+    def get_handler_delegate(
+        self,
+        request: HTTPServerRequest,
+        target_class: type[RequestHandler],
+        target_kwargs: dict[str, Any] | None = None,
+        path_args: list[bytes] | None = None,
+        path_kwargs: dict[str, bytes] | None = None,
+    ) -> _HandlerDelegate:
+        if issubclass(target_class, LeanRequestHandler) and _has_stream_request_body(target_class):
+            return LeanHandlerDelegate(self, request, target_class, target_kwargs, path_args, path_kwargs)
+        return super().get_handler_delegate(request, target_class, target_kwargs, path_args, path_kwargs)
 
     def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> _HandlerDelegate:
         target = self._fixed.get(request.path)
