@@ -60,6 +60,17 @@ def test_sane_paths_pass(path: str) -> None:
 def test_dangerous_paths_refused(path: str) -> None:
     with pytest.raises(BadRequest):
         check_raw_path(path)
+    with pytest.raises(BadRequest):  # refused again: only paths that passed are remembered
+        check_raw_path(path)
+
+
+def test_a_remembered_path_still_passes_and_a_long_one_is_checked_each_time() -> None:
+    check_raw_path("/platform/v1/chat/completions")
+    check_raw_path("/platform/v1/chat/completions")
+    long = "/platform/v1/files/" + "a" * 300
+    check_raw_path(long)
+    with pytest.raises(BadRequest):
+        check_raw_path(long + "/../x")
 
 
 def test_upstream_url() -> None:

@@ -6,12 +6,16 @@ timed and written to the access log.
 
 from __future__ import annotations
 
-from tornado.web import Application, RequestHandler
+from typing import Any
+
+from tornado.httputil import HTTPServerRequest
+from tornado.web import Application, RequestHandler, _HandlerDelegate, _has_stream_request_body
 
 from tornadoproxy.web.handlers import accounts, chatgpt, imitate, logins, ops, platform
 from tornadoproxy.web.handlers.base import RELAY_METHODS, BaseHandler
 from tornadoproxy.web.handlers.ops import NotFoundHandler
-from tornadoproxy.web.handlers.routing import Route, route_specs
+from tornadoproxy.web.handlers.routing import Route, fixed_paths, route_specs
+from tornadoproxy.web.lean_handler import LeanHandlerDelegate, LeanRequestHandler
 from tornadoproxy.web.services import Services
 
 _KNOWN_METHODS = frozenset(RELAY_METHODS + ("OPTIONS",))
@@ -23,11 +27,40 @@ def all_routes() -> list[Route]:
     return platform.ROUTES + chatgpt.ROUTES + imitate.ROUTES + logins.ROUTES + ops.ROUTES + accounts.ROUTES
 
 
+class _GatewayApplication(Application):
+    """tornado's Application, with the routes of a fixed path found by one dict lookup: tornado
+    tries each route's pattern in turn, and the busiest routes (/platform/v1/chat/completions)
+    have fixed paths. Every handler of the gateway is served by LeanHandlerDelegate
+    (lean_handler.py)."""
+
+    def __init__(self, specs: list[tuple[str, type[RequestHandler], dict[str, Any]]], **settings: Any):
+        super().__init__(specs, **settings)
+        self._fixed = fixed_paths(specs)
+
+    def get_handler_delegate(
+        self,
+        request: HTTPServerRequest,
+        target_class: type[RequestHandler],
+        target_kwargs: dict[str, Any] | None = None,
+        path_args: list[bytes] | None = None,
+        path_kwargs: dict[str, bytes] | None = None,
+    ) -> _HandlerDelegate:
+        if issubclass(target_class, LeanRequestHandler) and _has_stream_request_body(target_class):
+            return LeanHandlerDelegate(self, request, target_class, target_kwargs, path_args, path_kwargs)
+        return super().get_handler_delegate(request, target_class, target_kwargs, path_args, path_kwargs)
+
+    def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> _HandlerDelegate:
+        target = self._fixed.get(request.path)
+        if target is not None:
+            return self.get_handler_delegate(request, target[0], target[1])
+        return super().find_handler(request, **kwargs)
+
+
 def make_app(services: Services) -> Application:
     def record_request(handler: RequestHandler) -> None:
         _record(services, handler)
 
-    return Application(
+    return _GatewayApplication(
         route_specs(all_routes(), services),
         default_handler_class=NotFoundHandler,
         default_handler_args={"services": services},
@@ -43,7 +76,7 @@ def make_ops_app(services: Services) -> Application:
     def record_request(handler: RequestHandler) -> None:
         _record(services, handler)
 
-    return Application(
+    return _GatewayApplication(
         route_specs(ops.ROUTES + accounts.ROUTES, services, trusted_listener=True),
         default_handler_class=NotFoundHandler,
         default_handler_args={"services": services, "trusted_listener": True},

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 from tornado.iostream import StreamClosedError
-from tornado.web import HTTPError, RequestHandler, stream_request_body
+from tornado.web import HTTPError, stream_request_body
 
 from tornadoproxy.errors import (
     BadRequest,
@@ -36,6 +36,7 @@ from tornadoproxy.upstream.request import UpstreamRequest
 from tornadoproxy.web.body_intake import BodyBuffer
 from tornadoproxy.web.cors import is_preflight, origin_headers, preflight_headers
 from tornadoproxy.web.credentials import HEADERS, client_address, upstream_authorization
+from tornadoproxy.web.lean_handler import LeanRequestHandler
 from tornadoproxy.web.pooled_relay import ACCOUNT_HEADER, PooledCall
 from tornadoproxy.web.services import Services
 
@@ -49,7 +50,7 @@ _TORNADO_CODES = {404: Code.NOT_FOUND, 405: Code.METHOD_NOT_ALLOWED, 400: Code.B
 
 
 @stream_request_body
-class BaseHandler(RequestHandler):
+class BaseHandler(LeanRequestHandler):
     SUPPORTED_METHODS = RELAY_METHODS + ("OPTIONS",)
 
     # Handlers any client may reach whatever the access policy (liveness carries no information).
@@ -147,8 +148,7 @@ class BaseHandler(RequestHandler):
 
     # -- responses --------------------------------------------------------------------------------
     def set_default_headers(self) -> None:
-        self.clear_header("Server")
-        # Also called from RequestHandler.__init__, before initialize() has given us services.
+        # Also called from the handler's constructor, before initialize() has given us services.
         if hasattr(self, "services"):
             self._apply_cors()
 

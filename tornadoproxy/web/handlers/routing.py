@@ -35,3 +35,19 @@ def route_specs(
         (route.pattern, route.handler, {"services": services, "route": route.template, **extra})
         for route in routes
     ]
+
+
+def fixed_paths(
+    specs: list[tuple[str, type[RequestHandler], dict[str, Any]]],
+) -> dict[str, tuple[type[RequestHandler], dict[str, Any]]]:
+    """The specs whose path has no placeholder, by that path: found by one lookup instead of
+    tornado's pattern after pattern. A path an earlier spec's pattern also matches is left out
+    (tornado's first match wins), as is the second of two specs of the same path."""
+    fixed: dict[str, tuple[type[RequestHandler], dict[str, Any]]] = {}
+    for index, (pattern, handler, kwargs) in enumerate(specs):
+        path = kwargs.get("route", "")
+        if pattern != re.escape(path) or path in fixed:
+            continue
+        if not any(re.fullmatch(earlier, path) for earlier, _, _ in specs[:index]):
+            fixed[path] = (handler, kwargs)
+    return fixed

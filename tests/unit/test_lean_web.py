@@ -1,0 +1,181 @@
+"""The web layer's shortcuts give what tornado's own paths give: the header block parser, the fixed-path
+route lookup and the lean handler's initial state."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tornado.http1connection import HTTP1Connection
+from tornado.httpserver import HTTPServer
+from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine, format_timestamp
+from tornado.netutil import bind_sockets
+from tornado.web import Application, HTTPError, RequestHandler, stream_request_body
+
+from tornadoproxy.web.app import _GatewayApplication, all_routes
+from tornadoproxy.web.framing import StrictHTTP1Connection, _has_bare_lf
+from tornadoproxy.web.handlers.routing import route_specs
+from tornadoproxy.web.lean_handler import LeanRequestHandler
+from tornadoproxy.web.listener import _HEADER_END
+
+
+def _parsed(parse: Any, data: bytes) -> tuple[str, object]:
+    connection = StrictHTTP1Connection.__new__(StrictHTTP1Connection)  # parsing uses no state
+    try:
+        start_line, headers = parse(connection, data)
+    except Exception as error:  # noqa: BLE001 - the kind of refusal is what is compared
+        return "refused", type(error).__name__
+    return start_line, (list(headers.get_all()), {name: headers[name] for name in headers})
+
+
+_FIELD_TEXT = st.text(alphabet='aZ-_:; \t\r\x7f\x80\xe9\xff!~,="', max_size=12)
+_FIELD_LINE = st.one_of(
+    st.builds(
+        lambda n, v: f"{n}:{v}", st.sampled_from(["Host", "x-a", "X-A", "Set-Cookie", "A b", ""]), _FIELD_TEXT
+    ),
+    _FIELD_TEXT,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(lines=st.lists(_FIELD_LINE, max_size=6), leading=st.sampled_from(["", "\r\n", "\r\n\r\n"]))
+def test_header_blocks_parse_as_tornado_parses_them(lines: list[str], leading: str) -> None:
+    block = (
+        leading
+        + "POST /platform/v1/chat/completions HTTP/1.1\r\n"
+        + "".join(f"{x}\r\n" for x in lines)
+        + "\r\n"
+    )
+    data = block.encode("latin-1")
+    assert _parsed(StrictHTTP1Connection._parse_headers, data) == _parsed(
+        HTTP1Connection._parse_headers, data
+    )
+
+
+# The listener's header-end pattern as it was first written: lazy, one byte at a time.
+_HEADER_END_BYTEWISE = re.compile(rb"\A[\r\n]*[^\r\n][\s\S]*?\r?\n\r?\n")
+_CRLF_SOUP = st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b" ", b":"]), max_size=16).map(b"".join)
+
+
+@settings(max_examples=600, deadline=None)
+@given(data=_CRLF_SOUP)
+def test_the_header_end_and_bare_lf_checks_find_what_the_bytewise_patterns_find(data: bytes) -> None:
+    ours, bytewise = re.search(_HEADER_END, data), _HEADER_END_BYTEWISE.search(data)
+    assert (ours and ours.end()) == (bytewise and bytewise.end())
+    assert _has_bare_lf(data) == bool(re.search(rb"(?<!\r)\n", data))
+
+
+def test_fixed_paths_find_the_handler_tornado_finds() -> None:
+    services = object()
+    app = _GatewayApplication(route_specs(all_routes(), services))
+    fixed = [route.template for route in all_routes() if "{" not in route.template]
+    assert "/platform/v1/chat/completions" in app._fixed
+    for path in fixed + ["/platform/v1/other", "/nowhere"]:
+        request = HTTPServerRequest(start_line=RequestStartLine("POST", path + "?a=1", "HTTP/1.0"))
+        ours, tornados = app.find_handler(request), Application.find_handler(app, request)
+        assert (ours.handler_class, ours.handler_kwargs) == (tornados.handler_class, tornados.handler_kwargs)
+        assert (ours.path_args, ours.path_kwargs) == (tornados.path_args, tornados.path_kwargs)
+
+
+class _Connection:
+    def __init__(self) -> None:
+        self.close_callback: object = None
+
+    def set_close_callback(self, callback: object) -> None:
+        self.close_callback = callback
+
+
+def _state(handler: RequestHandler) -> dict[str, object]:
+    headers = HTTPHeaders(handler._headers)
+    for name in ("Server", "Date"):  # the lean handler sends no Server header; Date is checked apart
+        headers.pop(name, None)
+    names = ("_headers_written", "_finished", "_auto_finish", "_prepared_future", "_status_code", "_reason")
+    return {"headers": list(headers.get_all()), "body": handler._write_buffer} | {
+        name: getattr(handler, name) for name in names
+    }
+
+
+def test_the_lean_handler_starts_as_tornados_without_its_server_header() -> None:
+    app = Application()
+    request = HTTPServerRequest(start_line=RequestStartLine("GET", "/", "HTTP/1.0"), connection=_Connection())  # type: ignore[arg-type]
+    tornados = RequestHandler(app, request)
+    lean = LeanRequestHandler(app, request)
+    assert request.connection.close_callback == lean.on_connection_close  # type: ignore[union-attr]
+    assert _state(lean) == _state(tornados)
+    assert lean._headers["Date"] in (tornados._headers["Date"], format_timestamp(__import__("time").time()))
+    lean.set_status(404)
+    lean.write(b"x")
+    lean.clear()
+    assert _state(lean)["_status_code"] == 200 and lean._write_buffer == []
+
+
+@stream_request_body
+class _Recorder(LeanRequestHandler):
+    """Records the order in which the lean delegate calls it."""
+
+    SUPPORTED_METHODS = ("POST",)
+    calls: list[str] = []
+
+    def initialize(self, route: str) -> None:
+        self.route = route
+
+    def prepare(self) -> None:
+        self.calls.append("prepare")
+        if self.request.headers.get("X-Refuse"):
+            self.set_status(403)
+            self.finish(b"refused")
+
+    def data_received(self, chunk: bytes) -> None:
+        self.calls.append(f"data {len(chunk)}")
+
+    async def post(self) -> None:
+        self.calls.append("post")
+        await asyncio.sleep(0)
+        if self.request.headers.get("X-Fail"):
+            raise HTTPError(418)
+        self.write(b"posted")
+
+
+def _exchange(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(request)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_the_lean_delegate_prepares_at_the_headers_and_runs_the_method_after_the_body() -> None:
+    async def run() -> list[tuple[bytes, list[str]]]:
+        app = _GatewayApplication([("/x", _Recorder, {"route": "/x"})])
+        [sock] = bind_sockets(0, "127.0.0.1")
+        server = HTTPServer(app)
+        server.add_sockets([sock])
+        port = sock.getsockname()[1]
+        seen = []
+        head = b"POST /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 3\r\n"
+        for extra in (b"", b"X-Refuse: 1\r\n", b"X-Fail: 1\r\n"):
+            _Recorder.calls = []
+            answer = await asyncio.get_running_loop().run_in_executor(
+                None, _exchange, port, head + extra + b"\r\nabc"
+            )
+            status, body = answer.split(b"\r\n", 1)[0], answer.rsplit(b"\r\n", 1)[-1]
+            seen.append((status + b" " + body[-7:].lstrip(b">"), _Recorder.calls))
+        first = _Recorder.calls = []
+        answer = await asyncio.get_running_loop().run_in_executor(
+            None, _exchange, port, b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        seen.append((answer.split(b"\r\n", 1)[0], first))
+        server.stop()
+        return seen
+
+    assert asyncio.run(run()) == [
+        (b"HTTP/1.1 200 OK posted", ["prepare", "data 3", "post"]),
+        (b"HTTP/1.1 403 Forbidden refused", ["prepare"]),  # finished by prepare(): no method
+        (b"HTTP/1.1 418 I'm a Teapot </html>", ["prepare", "data 3", "post"]),  # tornado's error page
+        (b"HTTP/1.1 405 Method Not Allowed", []),  # refused before prepare(), as tornado does
+    ]

@@ -1,0 +1,154 @@
+"""LeanRequestHandler: tornado's RequestHandler without the per-request work the gateway never uses.
+
+Every request builds a handler, and tornado's constructor pays for features no handler here has:
+a template namespace (`ui`, with its module namespace object) and, in `clear()`, a header map
+built through the validating `update()` path, a `Server` header that our handlers remove again,
+and a `Date` header formatted afresh each time. The lean versions set the same state (the same
+headers, in the same order, the same status) at a fraction of the cost: the `Date` text is
+formatted once per second.
+
+LeanHandlerDelegate takes the place of tornado's _HandlerDelegate for these handlers (streamed
+bodies, as all the gateway's are): tornado runs the whole request as one task, which starts a loop
+pass after the headers, makes the connection wait for prepare() another pass, and waits for the body
+a third. Here the handler is built and prepared as the headers arrive (prepare() must not be a
+coroutine), the body is delivered as it comes, and the method runs as a task once it is complete:
+one pass. Errors take tornado's path (`_handle_request_exception`: log_exception, send_error,
+write_error), an unsupported method is 405, a handler finished by prepare() runs no method, and a
+body that never completes runs none either (on_connection_close ends the request).
+
+Limits: no template rendering (`render()`, `self.ui`) and none of tornado's template or static-file
+cache resets per request, which no handler of the gateway uses. The private names used here are
+those of tornado 6.6's RequestHandler, _HandlerDelegate and HTTPHeaders (setup.py pins tornado to
+6.6.x); tests/unit/test_lean_web.py compares the state with tornado's own and checks the order of
+the delegate's calls on a real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from asyncio import Future
+from typing import Any
+
+from tornado.concurrent import future_set_result_unless_cancelled
+from tornado.httputil import (
+    HTTPHeaders,
+    HTTPServerRequest,
+    RequestStartLine,
+    ResponseStartLine,
+    format_timestamp,
+)
+from tornado.log import app_log
+from tornado.web import Application, HTTPError, RequestHandler, _HandlerDelegate
+
+# The Content-Type tornado gives every response until a handler sets its own.
+_DEFAULT_CONTENT_TYPE = "text/html; charset=UTF-8"
+
+
+class _HttpDate:
+    """The HTTP `Date` value of the current second, formatted once per second."""
+
+    __slots__ = ("second", "text")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.text = ""
+
+    def now(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self.second:
+            self.second, self.text = second, format_timestamp(now)
+        return self.text
+
+
+_DATE = _HttpDate()
+
+
+class LeanRequestHandler(RequestHandler):
+    """RequestHandler with a constructor and `clear()` that skip what the gateway never uses (see the
+    module docstring); everything else is tornado's."""
+
+    def __init__(self, application: Application, request: HTTPServerRequest, **kwargs: Any) -> None:
+        # tornado's constructor, minus the template namespace.
+        self.application = application
+        self.request = request
+        self._headers_written = False
+        self._finished = False
+        self._auto_finish = True
+        self._prepared_future = None
+        self.clear()
+        request.connection.set_close_callback(self.on_connection_close)  # type: ignore[union-attr]
+        self.initialize(**kwargs)
+
+    def clear(self) -> None:
+        """Reset headers and body as tornado does, without its `Server` header (never sent here)."""
+        headers = HTTPHeaders()
+        headers._as_list = {"Content-Type": [_DEFAULT_CONTENT_TYPE], "Date": [_DATE.now()]}
+        self._headers = headers
+        self.set_default_headers()
+        self._write_buffer: list[bytes] = []
+        self._status_code = 200
+        self._reason = "OK"
+
+    def _start(self, transforms: list[Any], path_args: list[bytes], path_kwargs: dict[str, bytes]) -> None:
+        """What tornado's request task does before the body: the method check, the path arguments,
+        its cross-origin checks and prepare(); errors answered as tornado answers them."""
+        self._transforms = transforms
+        try:
+            if self.request.method not in self.SUPPORTED_METHODS:
+                raise HTTPError(405)
+            self.path_args = [self.decode_argument(arg) for arg in path_args]
+            self.path_kwargs = {k: self.decode_argument(v, name=k) for (k, v) in path_kwargs.items()}
+            self._cross_origin_protection()
+            if self.prepare() is not None:
+                raise TypeError("a LeanRequestHandler's prepare() must not be a coroutine")
+        except Exception as error:  # noqa: BLE001 - every failure is answered, as tornado does
+            self._answer_failure(error)
+
+    async def _run_method(self) -> None:
+        """The request method, once the body is complete, then finish() unless the method did."""
+        try:
+            method = getattr(self, (self.request.method or "GET").lower())
+            result = method(*self.path_args, **self.path_kwargs)
+            if result is not None:
+                await result
+            if self._auto_finish and not self._finished:
+                self.finish()
+        except (Exception, asyncio.CancelledError) as error:
+            task = asyncio.current_task()
+            if isinstance(error, asyncio.CancelledError) and task is not None and task.cancelling():
+                if not self._finished:  # the task itself was cancelled (shutdown): as tornado
+                    try:
+                        self.send_error(500)
+                    except Exception:
+                        app_log.error("Exception in exception handler", exc_info=True)
+                raise
+            self._answer_failure(error)
+
+    def _answer_failure(self, error: BaseException) -> None:
+        try:
+            self._handle_request_exception(error)
+        except Exception:
+            app_log.error("Exception in exception handler", exc_info=True)
+
+
+class LeanHandlerDelegate(_HandlerDelegate):
+    """tornado's _HandlerDelegate for a LeanRequestHandler with a streamed body, in one loop pass
+    (see the module docstring)."""
+
+    handler: LeanRequestHandler
+
+    def headers_received(
+        self, start_line: RequestStartLine | ResponseStartLine, headers: HTTPHeaders
+    ) -> None:
+        self.request._body_future = Future()
+        self.handler = self.handler_class(self.application, self.request, **self.handler_kwargs)  # type: ignore[assignment]
+        transforms = [transform(self.request) for transform in self.application.transforms]
+        self.handler._start(transforms, self.path_args, self.path_kwargs)
+
+    def finish(self) -> None:
+        future_set_result_unless_cancelled(self.request._body_future, None)
+        if not self.handler._finished:
+            task = asyncio.ensure_future(self.handler._run_method())
+            task.add_done_callback(lambda done: done.cancelled() or done.result())
