@@ -16,6 +16,7 @@ from tornadoproxy.config.schema import Config, ConfigError, load_config
 from tornadoproxy.errors import BadRequest
 from tornadoproxy.formats.sse import EventSplitter, EventTooLarge, SSEParser
 from tornadoproxy.relay.forwarding import check_raw_path
+from tornadoproxy.web.listener import _HEADER_END
 
 SSE_ALPHABET = st.sampled_from(
     [
@@ -152,3 +153,25 @@ def test_config_odd_documents(tmp_path: Path, text: str) -> None:
     path.write_text(text)
     with pytest.raises(ConfigError):
         load_config(str(path), {})
+
+
+def _header_block_end(data: bytes) -> int | None:
+    """Where a header block ends, by its definition: the first line end after the first byte that
+    is not CR or LF (leading empty lines are skipped) followed by an empty line (CRLF or LF)."""
+    start = len(data) - len(data.lstrip(b"\r\n"))
+    for i in range(start + 1, len(data)):
+        if data[i : i + 1] == b"\n":
+            if data[i + 1 : i + 2] == b"\n":
+                return i + 2
+            if data[i + 1 : i + 3] == b"\r\n":
+                return i + 3
+    return None
+
+
+HEADER_ALPHABET = st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b":", b" ", b"Host: x", b"\xff"])
+
+
+@given(st.lists(HEADER_ALPHABET, max_size=30).map(b"".join))
+def test_the_listener_finds_a_header_block_end_where_it_is(data: bytes) -> None:
+    found = re.compile(_HEADER_END).search(bytearray(data))
+    assert (found.end() if found else None) == _header_block_end(data)

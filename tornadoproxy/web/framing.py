@@ -20,7 +20,6 @@ import re
 from tornado import httputil
 from tornado.http1connection import HTTP1Connection
 
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 _MAX_CHUNK_LINE = 1024
 # Yield to the event loop after this much body (a chunk header counting as 1 KiB): a body of tiny
@@ -33,7 +32,10 @@ class StrictHTTP1Connection(HTTP1Connection):
     """tornado's server-side connection with the framing rules above (installed by a class swap)."""
 
     def _parse_headers(self, data: bytes) -> tuple[str, httputil.HTTPHeaders]:
-        if _BARE_LF.search(data.lstrip(b"\r\n")):
+        block = data.lstrip(b"\r\n")
+        # Every LF is part of a CRLF unless there are more of them: two scans in C, where a regex
+        # with a look-behind took 2.8 us on a relayed request's header block.
+        if block.count(b"\n") != block.count(b"\r\n"):
             raise httputil.HTTPInputError("bare LF in the header block")
         start_line, headers = super()._parse_headers(data)
         if start_line.endswith(" HTTP/1.0") and "Transfer-Encoding" in headers:
@@ -80,7 +82,8 @@ class StrictHTTP1Connection(HTTP1Connection):
             if line == b"\r\n":
                 return
             budget -= len(line)
-            if _BARE_LF.search(line[:-2]) or b":" not in line or line[:1] in (b" ", b"\t"):
+            # read up to its first CRLF: an LF before that is a bare one
+            if b"\n" in line[:-2] or b":" not in line or line[:1] in (b" ", b"\t"):
                 raise httputil.HTTPInputError("malformed trailer field")
 
 
