@@ -109,6 +109,10 @@ def _log_unraisable(args: Any) -> None:
         _uncaught.error("exception ignored in %s", where, exc_info=exc_info)
 
 
+# json.dumps with arguments builds an encoder per call; the access log's is built once.
+_ACCESS_JSON = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
 class AccessLog:
     """One line per request on the log stream, in the log format, scrubbed."""
 
@@ -145,7 +149,7 @@ class AccessLog:
         if self._worker is not None:
             fields["worker"] = self._worker
         if self._json:
-            body = json.dumps(fields, separators=(",", ":"), default=str)
+            body = _ACCESS_JSON(fields)
             head = f'{{"time":"{stamp}","level":"info","logger":"tornadoproxy.access","message":"request",'
             line = head + body[1:]
         else:

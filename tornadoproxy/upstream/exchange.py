@@ -217,28 +217,31 @@ class Exchange:
 
     def on_header(self, raw: bytes) -> int:
         """HEADERFUNCTION: one header line, called by libcurl as it parses them."""
-        self._last_activity = time.monotonic()
+        self._last_activity = now = time.monotonic()
         line = raw.decode("latin-1")
-        if line.startswith("HTTP/"):
+        # Tested in the order of their frequency: a field, the block's end, a status line.
+        name, colon, value = line.partition(":")
+        if colon and not line.startswith("HTTP/"):
+            if name and not name[0].isspace():
+                self.headers.append((name.strip(), value.strip()))
+        elif line == "\r\n" or line == "\n":
+            if self.status >= 200 and not self.headers_complete:
+                self.headers_complete = True
+                for field, content in self.headers:
+                    if field.lower() == "content-encoding" and content.lower() not in ("", "identity"):
+                        self._coded = True
+                route = self.route.name
+                self._owner.egress.mark_ok(route, self.proxy)
+                self._owner.metrics.observe_first_byte(route, now - self.started_at)
+                self._wake()
+        elif line.startswith("HTTP/"):
             # A new status line starts a new header block (1xx, redirect).
             parts = line.split(" ", 2)
             self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
             self.reason = parts[2].strip() if len(parts) > 2 else ""
             self.headers = []
-        elif line == "\r\n" or line == "\n":
-            if self.status >= 200 and not self.headers_complete:
-                self.headers_complete = True
-                self._coded = any(
-                    n.lower() == "content-encoding" and v.lower() not in ("", "identity")
-                    for n, v in self.headers
-                )
-                self._owner.egress.mark_ok(self.route.name, self.proxy)
-                self._owner.metrics.observe_first_byte(self.route.name, time.monotonic() - self.started_at)
-                self._wake()
-        else:
-            name, _, value = line.partition(":")
-            if name and not name[0].isspace():
-                self.headers.append((name.strip(), value.strip()))
+        elif name and not name[0].isspace():  # a line without a colon, kept as libcurl gave it
+            self.headers.append((name.strip(), ""))
         return len(raw)
 
     def on_write(self, chunk: bytes) -> int:

@@ -96,9 +96,29 @@ class ClientProfile:
     akamai: str = ""  # with ja3: the HTTP/2 opening as an Akamai fingerprint string
     stream_weight: int = 0  # HTTP/2 priority weight of each request (1-256); 0: the target's
     _lowered: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    # header_lines' work that is the same for every request, done once: each header's lowered name,
+    # name and line as sent when the request does not supply it (None: a slot; str: it names the
+    # origin), and the empty lines that keep libcurl's defaults out unless the request has them.
+    _slots: tuple[tuple[str, str, bytes | str | None], ...] = field(default=(), repr=False, compare=False)
+    _blanked: tuple[tuple[str, bytes], ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_lowered", tuple(name.lower() for name, _ in self.headers))
+        lowered = tuple(name.lower() for name, _ in self.headers)
+        object.__setattr__(self, "_lowered", lowered)
+        object.__setattr__(
+            self,
+            "_slots",
+            tuple(
+                (low, name, _fixed_line(name, value))
+                for (name, value), low in zip(self.headers, lowered, strict=True)
+            ),
+        )
+        valued = {low for (_, value), low in zip(self.headers, lowered, strict=True) if value is not None}
+        object.__setattr__(
+            self,
+            "_blanked",
+            tuple((name, f"{name.title()}:".encode()) for name in _CURL_DEFAULTS if name not in valued),
+        )
 
     @property
     def engine(self) -> Engine:
@@ -118,17 +138,19 @@ class ClientProfile:
         does not name follow in request order. `request_headers` must be free of CR/LF.
         """
         wanted = {name.lower(): (name, value) for name, value in request_headers}
+        blanks = [line for lowered, line in self._blanked if lowered not in wanted]
         lines = []
-        for (name, value), lowered in zip(self.headers, self._lowered, strict=True):
+        for lowered, name, fixed in self._slots:
             supplied = wanted.pop(lowered, None)
             if supplied is not None:
-                lines.append(f"{name}: {supplied[1]}")
-            elif value is not None:
-                lines.append(f"{name}: {value.replace('{origin}', origin)}")
-        lines.extend(f"{name}: {value}" for name, value in wanted.values())
-        sent = {line.split(":", 1)[0].lower() for line in lines}
-        lines.extend(f"{name.title()}:" for name in _CURL_DEFAULTS if name not in sent)
-        return [line.encode("latin-1") for line in lines]
+                lines.append(f"{name}: {supplied[1]}".encode("latin-1"))
+            elif isinstance(fixed, str):
+                lines.append(fixed.replace("{origin}", origin).encode("latin-1"))
+            elif fixed is not None:
+                lines.append(fixed)
+        lines.extend(f"{name}: {value}".encode("latin-1") for name, value in wanted.values())
+        lines.extend(blanks)
+        return lines
 
     def pycurl_options(self) -> tuple[CurlOption, ...]:
         """Every option this profile owns on the pycurl engine, each set to the profile's value or
@@ -150,6 +172,15 @@ class ClientProfile:
             # "" = accept and decode every coding this libcurl supports; the header says which.
             (pycurl.ACCEPT_ENCODING, ""),
         )
+
+
+def _fixed_line(name: str, value: str | None) -> bytes | str | None:
+    """A profile header's line when the request does not replace it: None for a slot, a str when
+    the value names the origin (filled in per request), else the encoded line."""
+    if value is None:
+        return None
+    line = f"{name}: {value}"
+    return line if "{origin}" in value else line.encode("latin-1")
 
 
 def parse_header_lines(lines: Sequence[str]) -> tuple[tuple[str, str | None], ...]:
