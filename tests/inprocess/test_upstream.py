@@ -9,10 +9,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.harness import metric_value
-from tests.inprocess.loopback import against_loopback, refused_origin, upstream_side
+from tests.inprocess.loopback import Side, Upstream, against_loopback, refused_origin, upstream_side
 from tornadoproxy.config.schema import FetchConfig
 from tornadoproxy.errors import Code, GatewayBusy, UpstreamError
 from tornadoproxy.observability.metrics import Metrics
+from tornadoproxy.upstream.curl_client import IDLE_RESERVE, CurlClient
 from tornadoproxy.upstream.curl_errors import CurlFailure
 from tornadoproxy.upstream.fetcher import MAX_ATTEMPTS
 from tornadoproxy.upstream.gate import Gate
@@ -155,5 +156,43 @@ def test_a_failure_the_transport_reports_is_translated_at_the_boundary() -> None
                 await side.relay.fetch(side.request("/v1/models"))
             assert failed.value.kind == "reset" and failed.value.code is Code.UPSTREAM_UNREACHABLE
             assert metric_value(side.exposition(), "tornadoproxy_upstream_errors_total", kind="reset") == 1
+
+    asyncio.run(run())
+
+
+def test_the_handles_a_burst_made_are_closed_once_idle_beyond_a_reserve() -> None:
+    made: list[CurlClient] = []
+
+    def engine(profile: ClientProfile, capacity: int) -> Transport:
+        made.append(CurlClient(profile, capacity))
+        return made[-1]
+
+    async def exchange_through(side: Side, count: int, upstream: Upstream) -> None:
+        exchanges = [await side.fetcher.open(side.request("/json")) for _ in range(count)]
+        for exchange in exchanges:
+            await exchange.wait_headers()  # every one holds a handle at once
+        upstream.holds.release("json-body")
+        for exchange in exchanges:
+            while await exchange.read() is not None:
+                pass
+            assert exchange.finished and exchange.error is None
+            exchange.abort("done")
+
+    async def run() -> None:
+        upstream = Upstream()
+        burst = IDLE_RESERVE + 8
+        try:
+            fetch = FetchConfig(max_clients=burst, buffer_size=1024)
+            async with upstream_side(upstream.origin, fetch, engines={"pycurl": engine}) as side:
+                await exchange_through(side, burst, upstream)
+                transport = made[0]
+                assert transport.handles == burst and transport.active == 0
+                assert transport.shed_idle() == 0  # free since the burst, not yet for a whole round
+                assert transport.shed_idle() == burst - IDLE_RESERVE
+                assert transport.handles == IDLE_RESERVE
+                await exchange_through(side, 1, upstream)  # the reserve still serves
+                assert transport.shed_idle() == 0 and transport.handles == IDLE_RESERVE
+        finally:
+            await upstream.close()
 
     asyncio.run(run())

@@ -71,22 +71,34 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-# glibc's mallopt parameter (malloc.h) and the size from which every allocation gets a mapping of its own.
+# glibc's mallopt parameters (malloc.h) and the values set.
+_M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 128 * 1024
+# From this size an allocation gets a mapping of its own when the heap has no free chunk for it. It
+# sits just above the 16 KiB pieces libcurl hands the write callback (kept on the heap: no mapping
+# per piece of a download) and just under libcurl's send buffer (upstream/fetcher.py), so the send
+# buffer a held stream keeps is mapped: paged in as written (the request's first page), where on the
+# heap calloc clears all of it. Measured on 1,000 held streams: 43.9 -> 32.3 KB per stream; no
+# difference in syscalls or page faults per relayed request or per 10 MB download, callgrind
+# instructions within 0.5 %.
+MMAP_THRESHOLD = 20 * 1024
+# glibc grows the heap 128 KiB beyond each need by default, and a send buffer that fits in that
+# slack is carved from the heap whatever the threshold: with no slack it is mapped.
+TOP_PAD = 0
 
 
 def tune_memory_allocator() -> bool:
-    """Have glibc give every allocation of 128 KiB or more (request bodies) a mapping of its own,
-    returned to the system as soon as it is freed. By default glibc raises that threshold after each
-    large free, up to 32 MiB, so the bodies that follow a large one are carved out of the heap, which
-    shrinks only from its top: measured, three 20 MiB uploads left RSS 40 MB higher for good, and a mix
-    of sizes ratcheted it up. Setting the threshold turns that adjustment off. False without glibc."""
+    """Have glibc give every allocation of MMAP_THRESHOLD or more (request bodies, libcurl's send
+    buffers) a mapping of its own, returned to the system as soon as it is freed. By default glibc
+    raises that threshold after each large free, up to 32 MiB, so the bodies that follow a large one
+    are carved out of the heap, which shrinks only from its top: measured, three 20 MiB uploads left
+    RSS 40 MB higher for good, and a mix of sizes ratcheted it up. Setting the threshold turns that
+    adjustment off. False without glibc."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TOP_PAD, TOP_PAD))
 
 
 def main(config_path: str | None, environ: Mapping[str, str]) -> int:

@@ -42,7 +42,10 @@ MAX_ATTEMPTS = 3
 # that failed together do not all come back at the same moment.
 _RETRY_JITTER = (0.02, 0.1)
 _HTTP_ONLY = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
-_SEND_BUFFER = 16 * 1024  # libcurl's minimum
+# libcurl's send buffer (its minimum is 16 KiB), allocated by the first transfer that sends a body
+# and kept with the handle: the request is written into its first page. Just above the allocator's
+# mmap threshold (process/server.py), so that the pages it does not use are never paged in.
+_SEND_BUFFER = 20 * 1024
 # Curl handles beyond the gate's capacity, for the gateway's own requests (readiness probes): they
 # never take a client's slot, and a full gate does not blind the probes.
 RESERVED_HANDLES = 8
