@@ -35,21 +35,24 @@ def _parsed(parse: Any, data: bytes) -> tuple[str, object]:
 _FIELD_TEXT = st.text(alphabet='aZ-_:; \t\r\x7f\x80\xe9\xff!~,="', max_size=12)
 _FIELD_LINE = st.one_of(
     st.builds(
-        lambda n, v: f"{n}:{v}", st.sampled_from(["Host", "x-a", "X-A", "Set-Cookie", "A b", ""]), _FIELD_TEXT
+        lambda n, v: f"{n}:{v}",
+        st.sampled_from(["Host", "x-a", "X-A", "Set-Cookie", "A b", "", " Host", "\tx", "\x01"]),
+        _FIELD_TEXT,
     ),
     _FIELD_TEXT,
 )
 
 
 @settings(max_examples=400, deadline=None)
-@given(lines=st.lists(_FIELD_LINE, max_size=6), leading=st.sampled_from(["", "\r\n", "\r\n\r\n"]))
-def test_header_blocks_parse_as_tornado_parses_them(lines: list[str], leading: str) -> None:
-    block = (
-        leading
-        + "POST /platform/v1/chat/completions HTTP/1.1\r\n"
-        + "".join(f"{x}\r\n" for x in lines)
-        + "\r\n"
-    )
+@given(
+    lines=st.lists(_FIELD_LINE, max_size=6),
+    leading=st.sampled_from(["", "\r\n", "\r\n\r\n"]),
+    start=st.sampled_from(
+        ["POST /platform/v1/chat/completions HTTP/1.1", "GET / HTTP/1.0", "GET / HTTP/1.1\r"]
+    ),
+)
+def test_header_blocks_parse_as_tornado_parses_them(lines: list[str], leading: str, start: str) -> None:
+    block = leading + start + "\r\n" + "".join(f"{x}\r\n" for x in lines) + "\r\n"
     data = block.encode("latin-1")
     assert _parsed(StrictHTTP1Connection._parse_headers, data) == _parsed(
         HTTP1Connection._parse_headers, data
@@ -58,7 +61,9 @@ def test_header_blocks_parse_as_tornado_parses_them(lines: list[str], leading: s
 
 # The listener's header-end pattern as it was first written: lazy, one byte at a time.
 _HEADER_END_BYTEWISE = re.compile(rb"\A[\r\n]*[^\r\n][\s\S]*?\r?\n\r?\n")
-_CRLF_SOUP = st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b" ", b":"]), max_size=16).map(b"".join)
+_CRLF_SOUP = st.lists(
+    st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b" ", b":", b"Host: x", b"\xff"]), max_size=30
+).map(b"".join)
 
 
 @settings(max_examples=600, deadline=None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -11,16 +10,12 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tornado.http1connection import HTTP1Connection
-from tornado.httputil import HTTPHeaders, HTTPInputError
 
 from tornadoproxy.config.options import describe
 from tornadoproxy.config.schema import Config, ConfigError, load_config
 from tornadoproxy.errors import BadRequest
 from tornadoproxy.formats.sse import EventSplitter, EventTooLarge, SSEParser
 from tornadoproxy.relay.forwarding import check_raw_path
-from tornadoproxy.web.framing import StrictHTTP1Connection
-from tornadoproxy.web.listener import _HEADER_END
 
 SSE_ALPHABET = st.sampled_from(
     [
@@ -157,59 +152,3 @@ def test_config_odd_documents(tmp_path: Path, text: str) -> None:
     path.write_text(text)
     with pytest.raises(ConfigError):
         load_config(str(path), {})
-
-
-def _header_block_end(data: bytes) -> int | None:
-    """Where a header block ends, by its definition: the first line end after the first byte that
-    is not CR or LF (leading empty lines are skipped) followed by an empty line (CRLF or LF)."""
-    start = len(data) - len(data.lstrip(b"\r\n"))
-    for i in range(start + 1, len(data)):
-        if data[i : i + 1] == b"\n":
-            if data[i + 1 : i + 2] == b"\n":
-                return i + 2
-            if data[i + 1 : i + 3] == b"\r\n":
-                return i + 3
-    return None
-
-
-HEADER_ALPHABET = st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b":", b" ", b"Host: x", b"\xff"])
-
-
-@given(st.lists(HEADER_ALPHABET, max_size=30).map(b"".join))
-def test_the_listener_finds_a_header_block_end_where_it_is(data: bytes) -> None:
-    found = re.compile(_HEADER_END).search(bytearray(data))
-    assert (found.end() if found else None) == _header_block_end(data)
-
-
-FIELD_LINES = st.lists(
-    st.builds(
-        lambda name, colon, value: name + colon + value,
-        st.sampled_from([b"Host", b"x-a", b"X-A", b"", b" Host", b"\tx", b"Ho st", b"\x01"]),
-        st.sampled_from([b":", b": ", b":\t", b" :", b""]),
-        st.lists(st.sampled_from([b"v", b" ", b"\t", b":", b"\xff", b"\x01", b"\r"]), max_size=5).map(
-            b"".join
-        ),
-    ),
-    max_size=5,
-).map(b"\r\n".join)
-HEADER_BLOCKS = st.builds(
-    lambda start, fields: start + b"\r\n" + fields + b"\r\n\r\n",
-    st.sampled_from([b"GET / HTTP/1.1", b"GET / HTTP/1.1\r", b"\r\nPOST /x HTTP/1.0", b""]),
-    FIELD_LINES,
-)
-
-
-def _parsed(parse: Callable[[bytes], tuple[str, HTTPHeaders]], data: bytes) -> object:
-    try:
-        start_line, headers = parse(data)
-    except HTTPInputError:
-        return "refused"
-    return start_line, list(headers.get_all())
-
-
-@given(HEADER_BLOCKS)
-def test_the_header_block_parses_as_tornado_parses_it(data: bytes) -> None:
-    connection = StrictHTTP1Connection.__new__(StrictHTTP1Connection)  # parsing needs no stream
-    assert _parsed(connection._parse_headers, data) == _parsed(
-        lambda block: HTTP1Connection._parse_headers(connection, block), data
-    )
