@@ -1,14 +1,10 @@
 """The pycurl engine: libcurl's multi interface driven from the asyncio loop, one engine per profile.
 
 A transfer is a transport.Transfer run on a reused easy handle (created as transfers need them, up
-to the engine's capacity): `start()` gives the handle the transfer's options, adds it to the multi
-handle and lets libcurl send at once; the sink hears libcurl's header and body callbacks as they
-come and `on_ended` while the handle is still valid. A handle is reset and given every option the
-transfer's setup and the profile own (each to its value or to libcurl's default) unless it last ran
-the same setup and sent the same way, when only the request's own options (URL, body, headers,
-callbacks) are set: that is most requests, a dozen and a half setopt calls fewer each. A login's
-handle (cookies) and one whose transfer failed are reset at once; a reset keeps nothing of ours but
-the share, detached every time. `cancel()` stops a transfer at once by taking
+to the engine's capacity): `start()` gives the handle the transfer's options (how a handle is
+prepared, kept and released between transfers: curl_handles.py), adds it to the multi handle and
+lets libcurl send at once; the sink hears libcurl's header and body callbacks as they come and
+`on_ended` while the handle is still valid. `cancel()` stops a transfer at once by taking
 its handle out of the multi handle. `tls_settings_problem` checks a profile's TLS knobs at start-up.
 Handles a burst made are closed once they have sat free for a whole IDLE_SHED_INTERVAL, beyond
 IDLE_RESERVE of them (`shed_idle`): each keeps about 22 KB of libcurl's state, and 1,000 of them
@@ -47,8 +43,9 @@ from typing import Any
 import pycurl
 
 from tornadoproxy.upstream.curl_errors import failure_of
+from tornadoproxy.upstream.curl_handles import HandleState, cookie_share, prepare, release
 from tornadoproxy.upstream.profiles import ClientProfile
-from tornadoproxy.upstream.transport import Setup, Sink, Transfer
+from tornadoproxy.upstream.transport import Sink, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +63,6 @@ IDLE_RESERVE = 16
 IDLE_SHED_INTERVAL = 30.0
 # Closing this many handles at once leaves holes in the heap worth giving back (malloc_trim).
 _TRIM_AFTER = 64
-
-
-class _Handle:
-    """What the engine keeps about one easy handle: the sink of its transfer (None while it is
-    free) and how it was last prepared (None: fresh or reset). Kept beside the handle, not on it:
-    reading an attribute of one's own from a pycurl.Curl goes through an AttributeError inside
-    pycurl first (about 4,600 instructions a read)."""
-
-    __slots__ = ("sink", "setup", "method")
-
-    def __init__(self) -> None:
-        self.sink: Sink | None = None
-        self.setup: Setup | None = None
-        self.method: tuple[str, bool] | None = None
 
 
 class CurlClient:
@@ -103,7 +86,7 @@ class CurlClient:
         self._starting = False  # inside start()'s add_handle, which runs libcurl itself right after
         self._acting = False  # inside libcurl (socket_action): no multi call may be made
         self._closed = False  # closing: libcurl's last callbacks are ignored
-        self._curls: dict[pycurl.Curl, _Handle] = {}
+        self._curls: dict[pycurl.Curl, HandleState] = {}
         self._free: list[pycurl.Curl] = []
         self._transfers: collections.deque[tuple[Transfer, Sink]] = collections.deque()
         self._free_low = 0  # fewest free handles since the last shed: those at the bottom stayed idle
@@ -296,7 +279,7 @@ class CurlClient:
                 self._free_low = min(self._free_low, len(self._free))
             else:
                 curl = pycurl.Curl()
-                state = self._curls[curl] = _Handle()  # fresh: nothing to reset before preparing
+                state = self._curls[curl] = HandleState()  # fresh: nothing to reset before preparing
             transfer, sink = self._transfers.popleft()
             state.sink = sink
             try:
@@ -309,7 +292,7 @@ class CurlClient:
                         failure_of(-1, f"the transfer could not be set up ({type(error).__name__})")
                     )
                 finally:
-                    self._release(curl, state, failed=True)
+                    release(curl, state, failed=True)
                     self._free.append(curl)
                 continue
             sink.on_started(self, curl)
@@ -325,10 +308,10 @@ class CurlClient:
                 self._soon = None
             self._now()  # libcurl sends the requests now
 
-    def _set_up(self, curl: pycurl.Curl, state: _Handle, transfer: Transfer, sink: Sink) -> None:
+    def _set_up(self, curl: pycurl.Curl, state: HandleState, transfer: Transfer, sink: Sink) -> None:
         prepared = state.setup is transfer.setup and state.method == transfer.method
         if not prepared or transfer.cookies is not None:
-            self._prepare(curl, state, transfer)
+            prepare(curl, state, transfer, self._profile_options)
         for option, value in transfer.options:
             curl.setopt(option, value)
         curl.setopt(pycurl.HTTPHEADER, transfer.header_lines)
@@ -337,33 +320,8 @@ class CurlClient:
         curl.setopt(pycurl.HEADERFUNCTION, sink.on_header)
         curl.setopt(pycurl.WRITEFUNCTION, sink.on_write)
         if transfer.cookies is not None:
-            curl.setopt(pycurl.SHARE, transfer.cookies.share(self.engine, _cookie_share))
+            curl.setopt(pycurl.SHARE, transfer.cookies.share(self.engine, cookie_share))
             curl.setopt(pycurl.COOKIEFILE, "")  # "" turns the cookie engine on without reading a file
-
-    def _prepare(self, curl: pycurl.Curl, state: _Handle, transfer: Transfer) -> None:
-        """Reset the handle and give it the transfer's setup and the profile: every option either
-        sets, each to its value or to libcurl's default. A handle that runs the same setup and
-        sends the same way next keeps them (only the request's own options change); a login's
-        handle (cookies) is reset after it, whatever comes next."""
-        if state.method is not None:  # None: fresh or just reset
-            curl.reset()
-        setup = transfer.setup
-        for option, value in setup.options:
-            curl.setopt(option, value)
-        for option, value in self._profile_options:
-            curl.setopt(option, value)
-        if setup.ca_file:  # else the bundle pycurl found at import (re-applied on reset)
-            curl.setopt(pycurl.CAINFO, setup.ca_file)
-            curl.setopt(pycurl.CAPATH, None)
-            curl.setopt(pycurl.PROXY_CAINFO, setup.ca_file)
-            curl.setopt(pycurl.PROXY_CAPATH, None)
-        # curl_easy_reset keeps a handle's shares and cookies: a handle that served a login would
-        # send that login's cookies with the next request it serves. Detaching the share also
-        # drops the handle's cookie engine (checked against libcurl 8.23, tests/e2e/test_logins.py).
-        curl.setopt(pycurl.SHARE, None)
-        reusable = transfer.cookies is None
-        state.setup = setup if reusable else None
-        state.method = transfer.method
 
     def _finish(
         self, curl: pycurl.Curl, curl_error: int | None = None, curl_message: str | None = None
@@ -379,20 +337,8 @@ class CurlClient:
         except Exception:
             log.exception("a transfer's completion failed")
         finally:
-            self._release(curl, state, failed=curl_error is not None)
+            release(curl, state, failed=curl_error is not None)
             self._free.append(curl)
-
-    def _release(self, curl: pycurl.Curl, state: _Handle, failed: bool) -> None:
-        """Drop what the handle holds of the transfer (the sink's callbacks, the body); after a
-        failure or a login it is reset whole, and prepared again by the next transfer."""
-        if failed or state.setup is None or state.method is None:
-            curl.reset()
-            state.setup = state.method = None
-            return
-        curl.setopt(pycurl.HEADERFUNCTION, None)
-        curl.setopt(pycurl.WRITEFUNCTION, None)
-        if state.method[1]:
-            curl.setopt(pycurl.POSTFIELDS, b"")  # pycurl holds the body it was given until then
 
 
 def _give_back_free_heap() -> None:
@@ -407,12 +353,6 @@ def _give_back_free_heap() -> None:
 def libcurl_version() -> str:
     """The version of the stock libcurl the pycurl engine runs on (for the build info metric)."""
     return str(pycurl.version_info()[1])
-
-
-def _cookie_share() -> pycurl.CurlShare:
-    share = pycurl.CurlShare()
-    share.setopt(pycurl.SH_SHARE, pycurl.LOCK_DATA_COOKIE)
-    return share
 
 
 def tls_settings_problem(options: Sequence[tuple[int, Any]]) -> str | None:
