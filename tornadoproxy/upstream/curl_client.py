@@ -89,6 +89,7 @@ class CurlClient:
         self._curls: dict[pycurl.Curl, HandleState] = {}
         self._free: list[pycurl.Curl] = []
         self._transfers: collections.deque[tuple[Transfer, Sink]] = collections.deque()
+        self._heading: dict[Sink, None] = {}  # transfers whose final head has not been read yet
         self._free_low = 0  # fewest free handles since the last shed: those at the bottom stayed idle
         self._shedding = self._loop.call_later(IDLE_SHED_INTERVAL, self._shed_in_time)
 
@@ -158,6 +159,7 @@ class CurlClient:
             curl.close()
         self._curls.clear()
         self._free.clear()
+        self._heading.clear()
         self._shedding.cancel()
         for handle in (self._timer, self._soon):
             if handle is not None:
@@ -256,7 +258,10 @@ class CurlClient:
             self._acting = False
 
     def _collect(self) -> None:
-        """Report every transfer libcurl has completed, then start queued ones."""
+        """Have the header lines libcurl gathered read, report every transfer libcurl has
+        completed, then start queued ones."""
+        if self._heading:
+            self._read_heads()
         while True:
             queued, completed, failed = self._multi.info_read()
             for curl in completed:
@@ -269,6 +274,13 @@ class CurlClient:
                 break
         if self._transfers:
             self._process_queue()
+
+    def _read_heads(self) -> None:
+        """Each transfer reads the header lines libcurl appended to its list (HEADERFUNCTION): so
+        a head that came without body reaches its consumer in the pass it arrived in."""
+        for sink in list(self._heading):
+            if sink.take_header_lines():
+                del self._heading[sink]
 
     def _process_queue(self) -> None:
         kick = False
@@ -296,6 +308,7 @@ class CurlClient:
                     self._free.append(curl)
                 continue
             sink.on_started(self, curl)
+            self._heading[sink] = None
             self._starting = True
             try:
                 self._multi.add_handle(curl)
@@ -315,9 +328,11 @@ class CurlClient:
         for option, value in transfer.options:
             curl.setopt(option, value)
         curl.setopt(pycurl.HTTPHEADER, transfer.header_lines)
-        # The exchange's own header and body callbacks: they run in libcurl's order, cost no
-        # IOLoop callback, and pause the transfer when the client falls behind.
-        curl.setopt(pycurl.HEADERFUNCTION, sink.on_header)
+        # The exchange's own header list and body callback: they run in libcurl's order, cost no
+        # IOLoop callback, and pause the transfer when the client falls behind. A header line is
+        # appended to the list by C code, read by the exchange once libcurl returns (_collect) or
+        # before the body's first bytes.
+        curl.setopt(pycurl.HEADERFUNCTION, sink.header_lines.append)
         curl.setopt(pycurl.WRITEFUNCTION, sink.on_write)
         if transfer.cookies is not None:
             curl.setopt(pycurl.SHARE, transfer.cookies.share(self.engine, cookie_share))
@@ -331,6 +346,7 @@ class CurlClient:
         sink = state.sink
         assert sink is not None
         state.sink = None
+        self._heading.pop(sink, None)
         try:
             failure = failure_of(curl_error, curl_message or "", curl.getinfo) if curl_error else None
             sink.on_ended(failure)
