@@ -38,6 +38,7 @@ from tornadoproxy.web.cors import is_preflight, origin_headers, preflight_header
 from tornadoproxy.web.credentials import HEADERS, client_address, upstream_authorization
 from tornadoproxy.web.lean_handler import LeanRequestHandler
 from tornadoproxy.web.pooled_relay import ACCOUNT_HEADER, PooledCall
+from tornadoproxy.web.response_head import add_relayed_headers, relayed_reason
 from tornadoproxy.web.services import Services
 
 log = logging.getLogger(__name__)
@@ -357,10 +358,9 @@ class BaseHandler(LeanRequestHandler):
             exchange.abort("client_gone")
 
     def start(self, status: int, reason: str, headers: Sequence[tuple[str, str]]) -> None:
-        self.set_status(status, reason or None)
+        self.set_status(status, relayed_reason(status, reason))
         self.clear_header("Content-Type")
-        for name, value in headers:
-            self.add_header(name, value)
+        add_relayed_headers(self._headers, headers, self.add_header)
         if self.pool_account is not None:
             self.set_header(ACCOUNT_HEADER, self.pool_account)
 
