@@ -39,6 +39,7 @@ class Holds:
     """Gates the upstream handlers wait on; `released` names the gates the test has opened."""
 
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
+    bodies: list[bytes] = field(default_factory=list)  # the request bodies the upstream received
 
     def gate(self, name: str) -> asyncio.Event:
         return self.gates.setdefault(name, asyncio.Event())
@@ -69,6 +70,10 @@ class Events(_Held):
         await self.flush()
         await self.holds.gate("event-2").wait()
         self.finish(b"data: two\n\n")
+
+    async def post(self) -> None:
+        self.holds.bodies.append(self.request.body)
+        await self.get()
 
 
 class Challenge(_Held):

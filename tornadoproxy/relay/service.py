@@ -150,6 +150,8 @@ class Relay:
         answer when nothing was sent yet. `authorization` is the credential sent (for eviction);
         `watch` sees the answer go by."""
         exchange = await self._fetcher.open(request)
+        head = request.method == "HEAD"
+        del request  # the exchange holds it, and lets go of its body once sent (release_body)
         client.attach(exchange)
         self.active += 1
         try:
@@ -168,7 +170,7 @@ class Relay:
             if is_event_stream(exchange.headers):
                 await self._relay_stream(exchange, client, watch)
             else:
-                await self._relay_body(exchange, client, request.method == "HEAD", watch)
+                await self._relay_body(exchange, client, head, watch)
         finally:
             self.active -= 1
             exchange.abort("client_gone" if client.gone else "done")
@@ -218,6 +220,7 @@ class Relay:
 
     async def _relay_large_body(self, exchange: Exchange, client: ClientSide, parts: list[bytes]) -> None:
         """A body too big to hold: relayed as it arrives; a failure midway cuts the connection."""
+        exchange.release_body()
         self._start(exchange, client)
         chunk: bytes | None = b"".join(parts)
         try:
@@ -235,6 +238,7 @@ class Relay:
         client.finish()
 
     async def _relay_stream(self, exchange: Exchange, client: ClientSide, watch: Watch | None) -> None:
+        exchange.release_body()  # a stream may last minutes: its request body is not kept as long
         self._start(exchange, client, _STREAM_HEADERS)
         client.streamed = True
         metrics = self._metrics

@@ -163,6 +163,13 @@ class CurlClient:
         except pycurl.error:
             pass  # the transfer failed while paused; _finish reports it
 
+    def release_body(self, handle: object, size: int) -> bool:
+        assert isinstance(handle, pycurl.Curl)
+        if handle.getinfo(pycurl.SIZE_UPLOAD_T) < size:
+            return False
+        handle.setopt(pycurl.POSTFIELDS, b"")  # pycurl holds the body it was given until then
+        return True
+
     def downloaded(self, handle: object) -> int:
         assert isinstance(handle, pycurl.Curl)
         return int(handle.getinfo(pycurl.SIZE_DOWNLOAD_T))

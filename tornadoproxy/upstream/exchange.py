@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -172,6 +173,20 @@ class Exchange:
             self._wake()
             if self._transport is not None and self._handle is not None:
                 self._transport.cancel(self._handle)
+
+    def release_body(self) -> None:
+        """Drop the request body once the upstream has answered and libcurl has sent all of it: a
+        stream would otherwise hold it for its whole life (a conversation's body is tens of KB,
+        more than everything else a held stream keeps). Nothing sends it again by then: a retry
+        needs an attempt that received nothing, and libcurl is given no redirect to follow and no
+        authentication to negotiate. Kept while libcurl may still be sending (an early answer)."""
+        body = self.request.body
+        if body is None or not self.headers_complete:
+            return
+        if self._transport is not None and self._handle is not None:
+            if not self._transport.release_body(self._handle, len(body)):
+                return
+        self.request = dataclasses.replace(self.request, body=None)
 
     def take_body(self, taker: Callable[[bytes], bool] | None) -> None:
         """Hand body bytes to `taker` from libcurl's write callback while the consumer waits in

@@ -159,6 +159,13 @@ class ImpersonationClient:
         except CurlError:
             pass  # the transfer failed while paused; finished() reports it
 
+    def release_body(self, handle: object, size: int) -> bool:
+        assert isinstance(handle, Curl)
+        if int(handle.getinfo(CurlInfo.SIZE_UPLOAD_T)) < size:  # type: ignore[arg-type]
+            return False
+        handle.setopt(CurlOpt.POSTFIELDS, b"")  # curl_cffi holds the body it was given until then
+        return True
+
     def downloaded(self, handle: object) -> int:
         assert isinstance(handle, Curl)
         return int(handle.getinfo(CurlInfo.SIZE_DOWNLOAD_T))  # type: ignore[arg-type]

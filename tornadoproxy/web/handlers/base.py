@@ -348,7 +348,13 @@ class BaseHandler(LeanRequestHandler):
         if not any(n.lower() == "authorization" for n, _ in headers):
             headers.append(("Authorization", authorization))
         request = UpstreamRequest(upstream, method or self.request.method or "GET", url, headers, body)
-        await self.services.relay.relay(request, self, authorization)
+        # From here on only the relay's request holds the body, so that it can let go of it once
+        # sent (Exchange.release_body): not this handler, nor this frame while the relay runs.
+        del body
+        self._body.clear()
+        relaying = self.services.relay.relay(request, self, authorization)
+        del request
+        await relaying
 
     # -- the client side of the relay (relay/client.py) -------------------------------------------
     def attach(self, exchange: Exchange) -> None:
