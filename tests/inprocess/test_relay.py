@@ -59,6 +59,8 @@ def test_a_streams_request_body_is_let_go_once_the_upstream_answered() -> None:
                 await asyncio.wait_for(client.delivered.wait(), 10)
             assert upstream.holds.bodies == [body]
             assert client.exchange is not None and client.exchange.request.body is None
+            assert client.exchange.headers == []  # passed on to the client, not kept for the stream's life
+            assert ("Cache-Control", "no-cache") in client.headers
             # Nothing else holds it while the stream goes on: not libcurl's handle, not a frame.
             assert sys.getrefcount(body) == 2  # this function's name and getrefcount's argument
             upstream.holds.release("event-2")

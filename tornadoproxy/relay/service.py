@@ -240,6 +240,7 @@ class Relay:
     async def _relay_stream(self, exchange: Exchange, client: ClientSide, watch: Watch | None) -> None:
         exchange.release_body()  # a stream may last minutes: its request body is not kept as long
         self._start(exchange, client, _STREAM_HEADERS)
+        exchange.headers = []  # nor the upstream's headers, once passed on (~1 KB)
         client.streamed = True
         metrics = self._metrics
         metrics.streams_active.inc()
