@@ -156,10 +156,12 @@ async def upstream_side(
     fetch: FetchConfig | None = None,
     engines: dict[str, Engine] | None = None,
     forget_token: ForgetToken | None = None,
+    profile: str = "plain",
 ) -> AsyncIterator[Side]:
-    """The fetcher and relay as the composition root builds them, with one route to `origin`."""
+    """The fetcher and relay as the composition root builds them, with one route to `origin`
+    through the client profile named `profile`."""
     fetch = fetch or FetchConfig(max_clients=4, buffer_size=1024)
-    route = UpstreamRoute("platform", origin, (DIRECT,), profile_registry()["plain"])
+    route = UpstreamRoute("platform", origin, (DIRECT,), profile_registry()[profile])
     registry = CollectorRegistry()
     metrics = Metrics(registry, ("platform",))
     egress = EgressPools({"platform": route.proxies}, 30.0, metrics)
