@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -221,7 +220,7 @@ class Exchange:
         if self._transport is not None and self._handle is not None:
             if not self._transport.release_body(self._handle, len(body)):
                 return
-        self.request = dataclasses.replace(self.request, body=None)
+        self.request = self.request.without_body()
 
     def take_body(self, taker: Callable[[bytes], bool] | None) -> None:
         """Hand body bytes to `taker` from libcurl's write callback while the consumer waits in
