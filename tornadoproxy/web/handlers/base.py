@@ -407,7 +407,12 @@ class BaseHandler(LeanRequestHandler):
 
         While we wait, the exchange stops reading from the upstream once it holds a few hundred KB,
         so a slow client slows its upstream transfer instead of growing our memory."""
+        head_sent = self._headers_written
         future = self.flush()
+        if not head_sent:
+            # The response head is on the wire now; tornado reads these headers no more, and a
+            # stream would keep them for its whole life.
+            self._headers._as_list.clear()
         if future.done():
             return
         timeout = self.services.config.server.client_stall_timeout
