@@ -39,6 +39,7 @@ class Holds:
     """Gates the upstream handlers wait on; `released` names the gates the test has opened."""
 
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
+    bodies: list[bytes] = field(default_factory=list)  # the request bodies the upstream received
 
     def gate(self, name: str) -> asyncio.Event:
         return self.gates.setdefault(name, asyncio.Event())
@@ -69,6 +70,10 @@ class Events(_Held):
         await self.flush()
         await self.holds.gate("event-2").wait()
         self.finish(b"data: two\n\n")
+
+    async def post(self) -> None:
+        self.holds.bodies.append(self.request.body)
+        await self.get()
 
 
 class Challenge(_Held):
@@ -151,10 +156,12 @@ async def upstream_side(
     fetch: FetchConfig | None = None,
     engines: dict[str, Engine] | None = None,
     forget_token: ForgetToken | None = None,
+    profile: str = "plain",
 ) -> AsyncIterator[Side]:
-    """The fetcher and relay as the composition root builds them, with one route to `origin`."""
+    """The fetcher and relay as the composition root builds them, with one route to `origin`
+    through the client profile named `profile`."""
     fetch = fetch or FetchConfig(max_clients=4, buffer_size=1024)
-    route = UpstreamRoute("platform", origin, (DIRECT,), profile_registry()["plain"])
+    route = UpstreamRoute("platform", origin, (DIRECT,), profile_registry()[profile])
     registry = CollectorRegistry()
     metrics = Metrics(registry, ("platform",))
     egress = EgressPools({"platform": route.proxies}, 30.0, metrics)

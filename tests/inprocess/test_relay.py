@@ -6,12 +6,14 @@ it arrives."""
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 
 from tests.harness import metric_value
 from tests.inprocess.loopback import RecordingClient, against_loopback
 from tornadoproxy.errors import Code, UpstreamError
+from tornadoproxy.upstream.request import UpstreamRequest
 
 
 def test_a_stream_is_relayed_event_by_event_before_the_upstream_sends_the_next() -> None:
@@ -40,6 +42,30 @@ def test_a_stream_is_relayed_event_by_event_before_the_upstream_sends_the_next()
             assert metric_value(exposition, "tornadoproxy_streams_active") == 0
             assert metric_value(exposition, "tornadoproxy_streams_ended_total", reason="done") == 1
             assert side.fetcher.in_flight == 0
+
+    asyncio.run(run())
+
+
+def test_a_streams_request_body_is_let_go_once_the_upstream_answered() -> None:
+    async def run() -> None:
+        async with against_loopback() as (upstream, side):
+            client = RecordingClient()
+            body = b'{"messages":"' + b"x" * 20000 + b'"}'
+            request = UpstreamRequest("platform", "POST", side.origin + "/events", [], body)
+            relay = asyncio.create_task(side.relay.relay(request, client))
+            del request
+            while not any(b"data: one" in piece for piece in client.deliveries):
+                client.delivered.clear()
+                await asyncio.wait_for(client.delivered.wait(), 10)
+            assert upstream.holds.bodies == [body]
+            assert client.exchange is not None and client.exchange.request.body is None
+            assert client.exchange.headers == []  # passed on to the client, not kept for the stream's life
+            assert ("Cache-Control", "no-cache") in client.headers
+            # Nothing else holds it while the stream goes on: not libcurl's handle, not a frame.
+            assert sys.getrefcount(body) == 2  # this function's name and getrefcount's argument
+            upstream.holds.release("event-2")
+            await asyncio.wait_for(relay, 10)
+            assert b"".join(client.deliveries) + (client.finished or b"") == b"data: one\n\ndata: two\n\n"
 
     asyncio.run(run())
 

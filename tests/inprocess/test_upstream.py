@@ -13,10 +13,12 @@ from tests.inprocess.loopback import Side, Upstream, against_loopback, refused_o
 from tornadoproxy.config.schema import FetchConfig
 from tornadoproxy.errors import Code, GatewayBusy, UpstreamError
 from tornadoproxy.observability.metrics import Metrics
-from tornadoproxy.upstream.curl_client import IDLE_RESERVE, CurlClient
+from tornadoproxy.upstream.curl_client import CurlClient
 from tornadoproxy.upstream.curl_errors import CurlFailure
 from tornadoproxy.upstream.fetcher import MAX_ATTEMPTS
 from tornadoproxy.upstream.gate import Gate
+from tornadoproxy.upstream.idle_handles import IDLE_RESERVE
+from tornadoproxy.upstream.impersonation import ImpersonationClient
 from tornadoproxy.upstream.profiles import ClientProfile
 from tornadoproxy.upstream.transport import Sink, Transfer, Transport
 
@@ -108,6 +110,9 @@ class AnsweringTransport:
     def resume(self, handle: object) -> None:
         pass
 
+    def release_body(self, handle: object, size: int) -> bool:
+        return True
+
     def downloaded(self, handle: object) -> int:
         return 0
 
@@ -161,10 +166,20 @@ def test_a_failure_the_transport_reports_is_translated_at_the_boundary() -> None
 
 
 def test_the_handles_a_burst_made_are_closed_once_idle_beyond_a_reserve() -> None:
-    made: list[CurlClient] = []
+    asyncio.run(_sheds_a_bursts_handles("pycurl", "plain", CurlClient))
+
+
+def test_the_curl_cffi_engine_closes_a_bursts_handles_once_idle_as_well() -> None:
+    asyncio.run(_sheds_a_bursts_handles("curl_cffi", "chrome", ImpersonationClient))
+
+
+async def _sheds_a_bursts_handles(
+    name: str, profile: str, engine_class: type[CurlClient] | type[ImpersonationClient]
+) -> None:
+    made: list[CurlClient | ImpersonationClient] = []
 
     def engine(profile: ClientProfile, capacity: int) -> Transport:
-        made.append(CurlClient(profile, capacity))
+        made.append(engine_class(profile, capacity))
         return made[-1]
 
     async def exchange_through(side: Side, count: int, upstream: Upstream) -> None:
@@ -178,21 +193,18 @@ def test_the_handles_a_burst_made_are_closed_once_idle_beyond_a_reserve() -> Non
             assert exchange.finished and exchange.error is None
             exchange.abort("done")
 
-    async def run() -> None:
-        upstream = Upstream()
-        burst = IDLE_RESERVE + 8
-        try:
-            fetch = FetchConfig(max_clients=burst, buffer_size=1024)
-            async with upstream_side(upstream.origin, fetch, engines={"pycurl": engine}) as side:
-                await exchange_through(side, burst, upstream)
-                transport = made[0]
-                assert transport.handles == burst and transport.active == 0
-                assert transport.shed_idle() == 0  # free since the burst, not yet for a whole round
-                assert transport.shed_idle() == burst - IDLE_RESERVE
-                assert transport.handles == IDLE_RESERVE
-                await exchange_through(side, 1, upstream)  # the reserve still serves
-                assert transport.shed_idle() == 0 and transport.handles == IDLE_RESERVE
-        finally:
-            await upstream.close()
-
-    asyncio.run(run())
+    upstream = Upstream()
+    burst = IDLE_RESERVE + 8
+    try:
+        fetch = FetchConfig(max_clients=burst, buffer_size=1024)
+        async with upstream_side(upstream.origin, fetch, engines={name: engine}, profile=profile) as side:
+            await exchange_through(side, burst, upstream)
+            transport = made[0]
+            assert transport.handles == burst and transport.active == 0
+            assert transport.shed_idle() == 0  # free since the burst, not yet for a whole round
+            assert transport.shed_idle() == burst - IDLE_RESERVE
+            assert transport.handles == IDLE_RESERVE
+            await exchange_through(side, 1, upstream)  # the reserve still serves
+            assert transport.shed_idle() == 0 and transport.handles == IDLE_RESERVE
+    finally:
+        await upstream.close()

@@ -13,9 +13,9 @@ service for the gateway's own bounded requests (logins, probes): the whole answe
 
 The hot path is a stream's events: while the client keeps up they go from libcurl's write
 callback straight to the client's connection (`_DirectEvents`, through `Exchange.take_body` and
-`ClientSide.send`), with no future, queue or loop pass per chunk, and `_pump()` stays parked in
+`ClientSide.send`), with no future, queue or loop pass per chunk, and `_pump_woken()` stays parked in
 `Exchange.read()`. Whatever else happens (the client's connection holds unsent bytes, an event too
-large, a keep-alive due, the end, a failure, a size check) wakes `_pump()`, which handles it as one
+large, a keep-alive due, the end, a failure, a size check) wakes `_pump_woken()`, which handles it as one
 `read()`, write and `deliver()` (bounded by the stall timeout) per chunk.
 """
 
@@ -150,6 +150,8 @@ class Relay:
         answer when nothing was sent yet. `authorization` is the credential sent (for eviction);
         `watch` sees the answer go by."""
         exchange = await self._fetcher.open(request)
+        head = request.method == "HEAD"
+        del request  # the exchange holds it, and lets go of its body once sent (release_body)
         client.attach(exchange)
         self.active += 1
         try:
@@ -168,7 +170,7 @@ class Relay:
             if is_event_stream(exchange.headers):
                 await self._relay_stream(exchange, client, watch)
             else:
-                await self._relay_body(exchange, client, request.method == "HEAD", watch)
+                await self._relay_body(exchange, client, head, watch)
         finally:
             self.active -= 1
             exchange.abort("client_gone" if client.gone else "done")
@@ -218,6 +220,7 @@ class Relay:
 
     async def _relay_large_body(self, exchange: Exchange, client: ClientSide, parts: list[bytes]) -> None:
         """A body too big to hold: relayed as it arrives; a failure midway cuts the connection."""
+        exchange.release_body()
         self._start(exchange, client)
         chunk: bytes | None = b"".join(parts)
         try:
@@ -235,33 +238,31 @@ class Relay:
         client.finish()
 
     async def _relay_stream(self, exchange: Exchange, client: ClientSide, watch: Watch | None) -> None:
+        exchange.release_body()  # a stream may last minutes: its request body is not kept as long
         self._start(exchange, client, _STREAM_HEADERS)
+        exchange.headers = []  # nor the upstream's headers, once passed on (~1 KB)
         client.streamed = True
         metrics = self._metrics
         metrics.streams_active.inc()
         reason = "done"
+        # Relay whole events as they complete. Set up here rather than in a coroutine of its own:
+        # a held stream is parked in this chain, and each frame of it is ~300 bytes per stream.
+        splitter = EventSplitter(self._max_event_size)
+        if self._keepalive:
+            self._fetcher.keep_alive(exchange, self._keepalive)
         try:
-            reason = await self._pump(exchange, client, watch)
+            await client.deliver()  # status and headers go out before the first event
+            direct = _DirectEvents(exchange, client, splitter, watch)
+            exchange.take_body(direct.take)
+            reason = await self._pump_woken(exchange, client, splitter, watch, direct)
         except ClientGone:
             reason = "client_gone"
         finally:
+            exchange.take_body(None)  # the taker refers to the client: no cycle left behind
             metrics.streams_active.dec()
             metrics.count_stream_end(reason)
             client.stream_end = reason
         await client.finish_stream()
-
-    async def _pump(self, exchange: Exchange, client: ClientSide, watch: Watch | None) -> str:
-        """Relay whole events as they complete; return why the stream ended."""
-        splitter = EventSplitter(self._max_event_size)
-        if self._keepalive:
-            self._fetcher.keep_alive(exchange, self._keepalive)
-        await client.deliver()  # status and headers go out before the first event
-        direct = _DirectEvents(exchange, client, splitter, watch)
-        exchange.take_body(direct.take)
-        try:
-            return await self._pump_woken(exchange, client, splitter, watch, direct)
-        finally:
-            exchange.take_body(None)  # the taker refers to the client: no cycle left behind
 
     async def _pump_woken(
         self,

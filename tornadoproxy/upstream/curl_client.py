@@ -6,10 +6,9 @@ prepared, kept and released between transfers: curl_handles.py), adds it to the 
 lets libcurl send at once; the sink hears libcurl's header and body callbacks as they come and
 `on_ended` while the handle is still valid. `cancel()` stops a transfer at once by taking
 its handle out of the multi handle. `tls_settings_problem` checks a profile's TLS knobs at start-up.
-Handles a burst made are closed once they have sat free for a whole IDLE_SHED_INTERVAL, beyond
-IDLE_RESERVE of them (`shed_idle`): each keeps about 22 KB of libcurl's state, and 1,000 of them
-kept the heap 22 MB larger for good. The free list is used from its top, so the handles at its
-bottom are the ones that stayed idle.
+Handles a burst made are closed once they have sat free for a whole round, beyond a reserve of
+them (`shed_idle`, idle_handles.py, as in the curl_cffi engine). The free list is used from its
+top, so the handles at its bottom are the ones that stayed idle.
 
 How libcurl's sockets are watched: libcurl says which sockets it wants to hear about and for what
 (its socket callback), and when to call it back regardless (its timer callback). Its sockets are
@@ -33,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
 import logging
 import select
 import socket
@@ -44,6 +42,7 @@ import pycurl
 
 from tornadoproxy.upstream.curl_errors import failure_of
 from tornadoproxy.upstream.curl_handles import HandleState, cookie_share, prepare, release
+from tornadoproxy.upstream.idle_handles import IdleHandles
 from tornadoproxy.upstream.profiles import ClientProfile
 from tornadoproxy.upstream.transport import Sink, Transfer
 
@@ -58,11 +57,6 @@ _EPOLL_EVENTS = {
 }
 _READABLE = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
 _WRITABLE = select.EPOLLOUT | select.EPOLLERR
-# Free handles kept whatever their idleness, and how often the idle ones beyond them are closed.
-IDLE_RESERVE = 16
-IDLE_SHED_INTERVAL = 30.0
-# Closing this many handles at once leaves holes in the heap worth giving back (malloc_trim).
-_TRIM_AFTER = 64
 
 
 class CurlClient:
@@ -90,8 +84,7 @@ class CurlClient:
         self._free: list[pycurl.Curl] = []
         self._transfers: collections.deque[tuple[Transfer, Sink]] = collections.deque()
         self._heading: dict[Sink, None] = {}  # transfers whose final head has not been read yet
-        self._free_low = 0  # fewest free handles since the last shed: those at the bottom stayed idle
-        self._shedding = self._loop.call_later(IDLE_SHED_INTERVAL, self._shed_in_time)
+        self._idle = IdleHandles(self._free, self._close_idle)
 
     @property
     def active(self) -> int:
@@ -103,23 +96,13 @@ class CurlClient:
         return len(self._curls)
 
     def shed_idle(self) -> int:
-        """Close the free handles beyond IDLE_RESERVE that none of the transfers since the last call
-        needed; return how many were closed."""
-        shed = min(self._free_low, len(self._free) - IDLE_RESERVE)
-        if shed > 0:
-            idle = self._free[:shed]
-            del self._free[:shed]
-            for curl in idle:
-                del self._curls[curl]
-                curl.close()
-            if shed >= _TRIM_AFTER:
-                _give_back_free_heap()
-        self._free_low = len(self._free)
-        return max(shed, 0)
+        """Close the free handles the transfers since the last call left idle, beyond a reserve
+        (idle_handles.py; run every round on its own); return how many were closed."""
+        return self._idle.shed()
 
-    def _shed_in_time(self) -> None:
-        self.shed_idle()
-        self._shedding = self._loop.call_later(IDLE_SHED_INTERVAL, self._shed_in_time)
+    def _close_idle(self, curl: pycurl.Curl) -> None:
+        del self._curls[curl]
+        curl.close()
 
     # -- transport.Transport ----------------------------------------------------------------------
     def start(self, transfer: Transfer, sink: Sink) -> None:
@@ -147,6 +130,13 @@ class CurlClient:
         except pycurl.error:
             pass  # the transfer failed while paused; _finish reports it
 
+    def release_body(self, handle: object, size: int) -> bool:
+        assert isinstance(handle, pycurl.Curl)
+        if handle.getinfo(pycurl.SIZE_UPLOAD_T) < size:
+            return False
+        handle.setopt(pycurl.POSTFIELDS, b"")  # pycurl holds the body it was given until then
+        return True
+
     def downloaded(self, handle: object) -> int:
         assert isinstance(handle, pycurl.Curl)
         return int(handle.getinfo(pycurl.SIZE_DOWNLOAD_T))
@@ -160,7 +150,7 @@ class CurlClient:
         self._curls.clear()
         self._free.clear()
         self._heading.clear()
-        self._shedding.cancel()
+        self._idle.stop()
         for handle in (self._timer, self._soon):
             if handle is not None:
                 handle.cancel()
@@ -288,7 +278,7 @@ class CurlClient:
             if self._free:
                 curl = self._free.pop()
                 state = self._curls[curl]
-                self._free_low = min(self._free_low, len(self._free))
+                self._idle.taken()
             else:
                 curl = pycurl.Curl()
                 state = self._curls[curl] = HandleState()  # fresh: nothing to reset before preparing
@@ -355,15 +345,6 @@ class CurlClient:
         finally:
             release(curl, state, failed=curl_error is not None)
             self._free.append(curl)
-
-
-def _give_back_free_heap() -> None:
-    """Return the heap's free pages to the system: glibc's free() shrinks the heap only from its top,
-    and closed handles leave holes all through it (nothing without glibc)."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def libcurl_version() -> str:

@@ -1,9 +1,10 @@
 """The curl_cffi engine: curl-impersonate's libcurl (BoringSSL) on tornado's asyncio loop.
 
 Same contract as curl_client.py (transport.py): one engine per client profile, a pool of reused
-easy handles on one multi handle, `start`, `cancel`, `resume`. curl_cffi's `AsyncCurl` already drives
-a multi handle from the asyncio loop (libcurl's socket and timer callbacks); `_Multi` keeps that
-and reports finished transfers to the engine instead of resolving futures.
+easy handles on one multi handle (those a burst made closed once idle, idle_handles.py), `start`,
+`cancel`, `resume`. curl_cffi's `AsyncCurl` already drives a multi handle from the asyncio loop
+(libcurl's socket and timer callbacks); `_Multi` keeps that and reports finished transfers to the
+engine instead of resolving futures.
 
 Per transfer the handle gets the shared options, the trust store, then the profile: `impersonate()`
 (or the JA3 / Akamai options) and, after it, only what is not TLS: HTTP/2 over TLS only (no h2c
@@ -29,6 +30,7 @@ from curl_cffi.curl import DEFAULT_CACERT
 
 from tornadoproxy.upstream.curl_errors import failure_of
 from tornadoproxy.upstream.fingerprint_options import profile_options
+from tornadoproxy.upstream.idle_handles import IdleHandles
 from tornadoproxy.upstream.profiles import ClientProfile
 from tornadoproxy.upstream.transport import Sink, Transfer
 
@@ -126,6 +128,7 @@ class ImpersonationClient:
         self._multi = _Multi(self)
         self._free: list[Curl] = []
         self._count = 0
+        self._idle = IdleHandles(self._free, self._close_idle)  # a burst's handles, once idle
         self._running: dict[Any, tuple[Curl, Sink]] = {}  # libcurl's easy handle -> ours, its sink
         self._queue: collections.deque[tuple[Transfer, Sink]] = collections.deque()
         self._converted: dict[tuple[int, Any], Any] = {}  # (option, value) -> its C value
@@ -139,6 +142,20 @@ class ImpersonationClient:
     @property
     def active(self) -> int:
         return len(self._running)
+
+    @property
+    def handles(self) -> int:
+        """The easy handles this engine holds, in use or free."""
+        return self._count
+
+    def shed_idle(self) -> int:
+        """Close the free handles the transfers since the last call left idle, beyond a reserve
+        (idle_handles.py; run every round on its own); return how many were closed."""
+        return self._idle.shed()
+
+    def _close_idle(self, curl: Curl) -> None:
+        self._count -= 1
+        curl.close()
 
     def start(self, transfer: Transfer, sink: Sink) -> None:
         self._queue.append((transfer, sink))
@@ -159,6 +176,13 @@ class ImpersonationClient:
         except CurlError:
             pass  # the transfer failed while paused; finished() reports it
 
+    def release_body(self, handle: object, size: int) -> bool:
+        assert isinstance(handle, Curl)
+        if int(handle.getinfo(CurlInfo.SIZE_UPLOAD_T)) < size:  # type: ignore[arg-type]
+            return False
+        handle.setopt(CurlOpt.POSTFIELDS, b"")  # curl_cffi holds the body it was given until then
+        return True
+
     def downloaded(self, handle: object) -> int:
         assert isinstance(handle, Curl)
         return int(handle.getinfo(CurlInfo.SIZE_DOWNLOAD_T))  # type: ignore[arg-type]
@@ -177,6 +201,7 @@ class ImpersonationClient:
         self._process_queue()
 
     def close(self) -> None:
+        self._idle.stop()
         for curl, _ in list(self._running.values()):
             self._multi.remove(curl)
         self._multi.shut()
@@ -189,6 +214,7 @@ class ImpersonationClient:
         while self._queue and (self._free or self._count < self._capacity):
             if self._free:
                 curl = self._free.pop()
+                self._idle.taken()
             else:
                 curl = Curl(cacert=DEFAULT_CACERT)
                 self._count += 1

@@ -95,6 +95,11 @@ class Transport(Protocol):
         """Resume a transfer paused by WRITE_PAUSE (may call on_write at once)."""
         ...
 
+    def release_body(self, handle: object, size: int) -> bool:
+        """Let go of the request body of a transfer whose answer has begun, if libcurl has sent
+        all `size` bytes of it (True); never called from inside a libcurl callback."""
+        ...
+
     def downloaded(self, handle: object) -> int:
         """Bytes received so far as they came over the wire (before libcurl decoded them); never
         called from inside a libcurl callback (pycurl refuses getinfo there)."""

@@ -349,7 +349,13 @@ class BaseHandler(LeanRequestHandler):
         if not any(n.lower() == "authorization" for n, _ in headers):
             headers.append(("Authorization", authorization))
         request = UpstreamRequest(upstream, method or self.request.method or "GET", url, headers, body)
-        await self.services.relay.relay(request, self, authorization)
+        # From here on only the relay's request holds the body, so that it can let go of it once
+        # sent (Exchange.release_body): not this handler, nor this frame while the relay runs.
+        del body
+        self._body.clear()
+        relaying = self.services.relay.relay(request, self, authorization)
+        del request
+        await relaying
 
     # -- the client side of the relay (relay/client.py) -------------------------------------------
     def attach(self, exchange: Exchange) -> None:
@@ -401,7 +407,12 @@ class BaseHandler(LeanRequestHandler):
 
         While we wait, the exchange stops reading from the upstream once it holds a few hundred KB,
         so a slow client slows its upstream transfer instead of growing our memory."""
+        head_sent = self._headers_written
         future = self.flush()
+        if not head_sent:
+            # The response head is on the wire now; tornado reads these headers no more, and a
+            # stream would keep them for its whole life.
+            self._headers._as_list.clear()
         if future.done():
             return
         timeout = self.services.config.server.client_stall_timeout
