@@ -63,6 +63,7 @@ class Exchange:
         "status",
         "reason",
         "headers",
+        "header_lines",
         "headers_complete",
         "finished",
         "error",
