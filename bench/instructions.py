@@ -17,8 +17,9 @@ The phases (one gateway process per system and repetition runs them all, in this
 - `stream50`, `stream1`: streamed completions of 50 and of 1 event (`fake-n50-d20`, `fake-n1-d20`:
   20 ms apart, so each event arrives in its own read), one after the other on one connection; their
   difference over 49 is the cost of one relayed event, without the stream's set-up;
-- `imitate200`, `imitate1`: the same for `/imitate/v1/chat/completions` (the client's own web token)
-  over the fake web backend's answer of 200 and of 1 text delta: the cost per converted web event.
+- `imitate200`, `imitate1`: 10 streams each of `/imitate/v1/chat/completions` (the client's own
+  web token) over the fake web backend's answer of 200 and of 1 text delta, 40 ms apart: the cost
+  per converted web event.
   200, not 50: each /imitate stream solves a requirements token first (a random seed, about 16
   SHA3 hashes on average, geometrically distributed), a cost that varies by some 100,000s of
   instructions from stream to stream and, unlike the stream's fixed set-up, does not cancel out in
@@ -53,18 +54,9 @@ SYSTEMS = ("gateway", "gateway-base")
 VALGRIND = ("valgrind", "--tool=callgrind", "--instr-atstart=no")
 
 
-# A measured run of a phase is repeated when upstream events arrived together (up to this many runs).
-ATTEMPTS = 3
-
-
-class EventsTogether(RuntimeError):
-    """Several upstream events came in one read (a machine too busy for the 20 ms between them), so
-    a count per event would be off: the measured run is repeated."""
-
-
-# (gateway port, units, exact) -> None; raises when an answer is wrong (with `exact`, also when
-# events arrived together, which would skew a count per event).
-Work = Callable[[int, int, bool], None]
+# (gateway port, units) -> data events the client got (excluding `[DONE]`; a request counts one);
+# raises when an answer is wrong.
+Work = Callable[[int, int], int]
 
 
 @dataclass(frozen=True)
@@ -82,7 +74,7 @@ def _chat(model: str, stream: bool) -> bytes:
     return json.dumps(body).encode()
 
 
-def _requests(port: int, n: int, exact: bool) -> None:
+def _requests(port: int, n: int) -> int:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     body = _chat("fake", False)
@@ -93,59 +85,58 @@ def _requests(port: int, n: int, exact: bool) -> None:
         if answer.status != 200:
             raise RuntimeError(f"request answered {answer.status}: {data[:300]!r}")
     connection.close()
+    return n
 
 
-def _streams(port: int, n: int, path: str, body: bytes, token: str, events: int | None) -> None:
-    """`n` streams in turn on one connection; each must end with `data: [DONE]`, after exactly
-    `events` data events unless None (in a warm-up: a cold gateway may get several upstream events
-    in one read, and /imitate then merges their text into one chunk)."""
+def _streams(port: int, n: int, path: str, body: bytes, token: str, least: int) -> int:
+    """`n` streams in turn on one connection, each ending with `data: [DONE]` after at least `least`
+    data events; returns how many data events they brought."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    seen = 0
     for _ in range(n):
         connection.request("POST", path, body, headers)
         answer = connection.getresponse()
         data = answer.read()
-        seen = data.count(b"data: ") - 1
-        if answer.status != 200 or not data.rstrip().endswith(b"data: [DONE]"):
-            raise RuntimeError(f"stream answered {answer.status}: {data[:300]!r}")
-        if events is not None and seen != events:
-            raise EventsTogether(f"{seen} events instead of {events} on {path}")
+        events = data.count(b"data: ") - 1
+        if answer.status != 200 or not data.rstrip().endswith(b"data: [DONE]") or events < least:
+            raise RuntimeError(f"stream answered {answer.status}, {events} events: {data[:300]!r}")
+        seen += events
     connection.close()
+    return seen
 
 
 def _relayed(events: int) -> Work:
+    """The relay passes every upstream event on as one: exactly `events` of them."""
     body = _chat(f"fake-n{events}-d20", True)
-
-    def work(port: int, n: int, exact: bool) -> None:  # the events and [DONE]
-        _streams(port, n, "/platform/v1/chat/completions", body, API_KEY, events if exact else None)
-
-    return work
+    path = "/platform/v1/chat/completions"
+    return lambda port, n: _streams(port, n, path, body, API_KEY, events)
 
 
 def _imitated(events: int) -> Work:
-    message = {"role": "user", "content": f"fake-n{events}-d20"}  # the fake web answer's length
+    """A role chunk, a content chunk per upstream read that brought text (per web delta unless
+    several came in one read), a finish chunk."""
+    # 40 ms apart, not 20: a web event costs /imitate four times what a relayed event costs, and
+    # under callgrind on a busy machine 20 ms was often too short to keep the deltas apart.
+    message = {"role": "user", "content": f"fake-n{events}-d40"}  # the fake web answer's length
     body = json.dumps({"model": "gpt-4o", "stream": True, "messages": [message]}).encode()
-
-    def work(port: int, n: int, exact: bool) -> None:  # a role chunk, one per delta, the finish chunk
-        expected = events + 2 if exact else None
-        _streams(port, n, "/imitate/v1/chat/completions", body, WEB_TOKEN, expected)
-
-    return work
+    return lambda port, n: _streams(port, n, "/imitate/v1/chat/completions", body, WEB_TOKEN, 3)
 
 
 PHASE_NAMES = ("request", "stream50", "stream1", "imitate200", "imitate1")
-# A figure per event: (its name, the long stream's phase, the short one's, the events between them).
+# A figure per event: (its name, the long stream's phase, the short one's, the upstream events
+# between them).
 PER_EVENT = (("event", "stream50", "stream1", 49), ("imitate_event", "imitate200", "imitate1", 199))
 
 
 def phases(quick: bool) -> list[Phase]:
-    requests, streams = (500, 5) if quick else (2000, 20)
+    requests, streams, imitated = (500, 5, 3) if quick else (2000, 20, 10)
     return [
         Phase("request", requests, 300, _requests),
         Phase("stream50", streams, 3, _relayed(50)),
         Phase("stream1", streams, 3, _relayed(1)),
-        Phase("imitate200", streams, 3, _imitated(200)),
-        Phase("imitate1", streams, 3, _imitated(1)),
+        Phase("imitate200", imitated, 2, _imitated(200)),
+        Phase("imitate1", imitated, 2, _imitated(1)),
     ]
 
 
@@ -179,7 +170,7 @@ def strace_counts(text: str) -> dict[str, int]:
 
 def figures(totals: dict[str, int], units: dict[str, int]) -> dict[str, float]:
     """Instructions per unit of each phase, and per event: the long stream less the short one, over
-    the events between them (the stream's own set-up cancels out)."""
+    the upstream events between them (the stream's own set-up cancels out)."""
     per = {name: totals[name] / units[name] for name in totals}
     for event, many, one, between in PER_EVENT:
         if many in per and one in per:
@@ -228,6 +219,14 @@ def summary(records: list[dict[str, Any]], argv: list[str], machine: dict[str, A
             continue
         ratio = [f"{medians[0] / medians[1]:.4f}"] if len(medians) == 2 and medians[1] else []
         lines.append(f"| {label[name]} | " + " | ".join(cells + ratio) + " |")
+    chunks = {
+        f"{r['system']} rep {r['rep']}": r["events"]["imitate200"] / r["units"]["imitate200"] - 2
+        for r in records
+        if "imitate200" in r.get("events", {})
+    }
+    merged = [f"{name}: {n:.1f}" for name, n in chunks.items() if n < 200]
+    if merged:  # the same work in fewer reads and chunks: a little less than one delta at a time
+        lines += ["", "Web deltas that came in a read of their own, of 200 per stream: " + "; ".join(merged)]
     lines += [
         "",
         "Spread: half the range over repetitions, in % of the median (with `--reps` > 1). "
@@ -259,59 +258,48 @@ class InstructionBench:
         for rep in range(1, reps + 1):
             for system in systems:
                 self._log(f"rep {rep}: {system} under callgrind")
-                totals = self._count_instructions(system, rep)
+                totals, events = self._count_instructions(system, rep)
                 per = figures(totals, {p.name: p.units for p in self.phases})
                 if "request" in totals and shutil.which("strace"):
                     self._log(f"rep {rep}: {system} under strace -c")
                     per["syscalls_per_request"], calls = self._count_syscalls(system, rep)
                 else:
                     calls = {}
-                record = {"system": system, "rep": rep, "totals": totals, "figures": per, "syscalls": calls}
+                record = {"system": system, "rep": rep, "totals": totals, "events": events, "figures": per}
+                record["syscalls"] = calls
                 record["units"] = {p.name: p.units for p in self.phases}
                 self.records.append(record)
                 with open(self.out / "raw.jsonl", "a") as raw:
                     raw.write(json.dumps(record) + "\n")
                 self._log(f"{system}: " + ", ".join(f"{k} {v:,.1f}" for k, v in per.items()))
 
-    def _count_instructions(self, system: str, rep: int) -> dict[str, int]:
+    def _count_instructions(self, system: str, rep: int) -> tuple[dict[str, int], dict[str, int]]:
+        """Instructions and the client's data events of each phase."""
         dumps = self.run_dir / f"cg.{system}.{rep}"
         proc = self._start_gateway(system, [*VALGRIND, f"--callgrind-out-file={dumps}"], 600)
         totals: dict[str, int] = {}
+        events: dict[str, int] = {}
         try:
             for phase in self.phases:
-                phase.work(proc.port, phase.warm, False)
-                for attempt in range(1, ATTEMPTS + 1):
-                    try:
-                        totals[phase.name] = self._count_phase(proc, phase, dumps, f"{system}.{rep}")
-                        break
-                    except EventsTogether as error:
-                        self._log(f"{system} {phase.name}, attempt {attempt} of {ATTEMPTS}: {error}")
-                else:
-                    raise RuntimeError(f"{phase.name}: events arrived together {ATTEMPTS} times")
+                phase.work(proc.port, phase.warm)
+                self._control(proc, "--zero")
+                self._control(proc, "--instr=on")
+                events[phase.name] = phase.work(proc.port, phase.units)
+                self._control(proc, "--instr=off")
+                before = set(self.run_dir.glob(f"{dumps.name}.*"))
+                self._control(proc, f"--dump={phase.name}")
+                (dump,) = set(self.run_dir.glob(f"{dumps.name}.*")) - before
+                totals[phase.name] = callgrind_total(dump.read_text(errors="replace"))
+                if self.args.keep_profiles:
+                    kept = self.out / "callgrind"
+                    kept.mkdir(exist_ok=True)
+                    shutil.copy(dump, kept / f"{system}.{rep}.{phase.name}.out")
+                dump.unlink()
         finally:
             self.procs.stop(proc, timeout=120)  # valgrind's shutdown is slow
             for left in self.run_dir.glob(f"{dumps.name}*"):
                 left.unlink()
-        return totals
-
-    def _count_phase(self, proc: Proc, phase: Phase, dumps: Path, label: str) -> int:
-        """Instructions of one measured run of `phase`: counted between --zero and --dump."""
-        self._control(proc, "--zero")
-        self._control(proc, "--instr=on")
-        try:
-            phase.work(proc.port, phase.units, True)
-        finally:
-            self._control(proc, "--instr=off")
-            before = set(self.run_dir.glob(f"{dumps.name}.*"))
-            self._control(proc, f"--dump={phase.name}")
-            (dump,) = set(self.run_dir.glob(f"{dumps.name}.*")) - before
-        text = dump.read_text(errors="replace")
-        if self.args.keep_profiles:
-            kept = self.out / "callgrind"
-            kept.mkdir(exist_ok=True)
-            shutil.copy(dump, kept / f"{label}.{phase.name}.out")
-        dump.unlink()
-        return callgrind_total(text)
+        return totals, events
 
     def _count_syscalls(self, system: str, rep: int) -> tuple[float, dict[str, int]]:
         """System calls per relayed request: strace -c attached to every thread of a warm gateway."""
@@ -319,7 +307,7 @@ class InstructionBench:
         proc = self._start_gateway(system, [], 60)
         table = self.out / "logs" / f"strace-{system}-{rep}.txt"
         try:
-            phase.work(proc.port, phase.warm, False)
+            phase.work(proc.port, phase.warm)
             threads = [int(t.name) for t in Path(f"/proc/{proc.pid}/task").iterdir()]
             argv = ["strace", "-c", "-f", "-o", str(table)]
             for tid in threads:
@@ -327,7 +315,7 @@ class InstructionBench:
             tracer = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
             try:
                 self._await_attached(tracer, len(threads))
-                phase.work(proc.port, phase.units, True)
+                phase.work(proc.port, phase.units)
             finally:
                 tracer.send_signal(signal.SIGINT)  # strace detaches and writes its table
                 tracer.wait(60)

@@ -62,14 +62,8 @@ def test_strace_counts_calls_per_syscall_with_or_without_errors_and_the_total() 
     assert strace_counts(STRACE) == {"getpid": 5008, "recvfrom": 1688, "ioctl": 1, "total": 11953}
 
 
-def test_figures_are_per_unit_and_an_event_is_the_difference_of_two_streams_over_49() -> None:
-    totals = {
-        "request": 2000000,
-        "stream50": 1000000,
-        "stream1": 20000,
-        "imitate200": 1990 + 10,
-        "imitate1": 10,
-    }
+def test_figures_are_per_unit_and_an_event_is_the_difference_of_two_streams_over_their_events() -> None:
+    totals = {"request": 2000000, "stream50": 1000000, "stream1": 20000, "imitate200": 2000, "imitate1": 10}
     units = {"request": 2, "stream50": 10, "stream1": 10, "imitate200": 1, "imitate1": 1}
     per = figures(totals, units)
     assert per["request"] == 1000000
@@ -80,10 +74,18 @@ def test_figures_are_per_unit_and_an_event_is_the_difference_of_two_streams_over
 
 def test_the_summary_shows_medians_their_spread_and_the_ratio_of_the_two_systems() -> None:
     records = [
-        {"system": "gateway", "figures": {"request": 990.0}},
-        {"system": "gateway", "figures": {"request": 1010.0}},
-        {"system": "gateway-base", "figures": {"request": 2000.0}},
+        {"system": "gateway", "rep": 1, "figures": {"request": 990.0}},
+        {"system": "gateway", "rep": 2, "figures": {"request": 1010.0}},
+        {"system": "gateway-base", "rep": 1, "figures": {"request": 2000.0}},
     ]
     text = summary(records, ["--instructions"], {"loadavg_at_start": [0.1]})
     assert "| instructions per relayed request | 1,000 (±1.00 %) | 2,000 | 0.5000 |" in text
     assert "per relayed event" not in text  # no figure, no row
+    assert "a read of their own" not in text
+
+
+def test_the_summary_says_when_web_deltas_came_together() -> None:
+    record = {"system": "gateway", "rep": 1, "figures": {"imitate_event": 5.0}}
+    record |= {"events": {"imitate200": 2 * 199 + 2 * 2}, "units": {"imitate200": 2}}
+    text = summary([record], ["--instructions"], {})
+    assert "Web deltas that came in a read of their own, of 200 per stream: gateway rep 1: 199.0" in text
