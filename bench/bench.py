@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import subprocess
 import tempfile
 import time
@@ -29,9 +28,11 @@ from bench.procs import (
     Proc,
     Processes,
     Sampler,
+    clean_run_dir,
     cpu_seconds,
     free_port,
     open_fds,
+    progress,
     rss_kb,
     start_nginx,
     tree,
@@ -359,16 +360,10 @@ class Bench:
                 self.procs.stop(target.proc)
 
     def clean_up(self) -> None:
-        """Keep nginx's error logs with the results, then remove the scratch folder."""
-        for log in self.run_dir.glob("*-error.log"):
-            shutil.copy(log, self.out / "logs" / log.name)
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        clean_run_dir(self.run_dir, self.out)
 
     def _log(self, message: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')}] {message}"
-        print(line, flush=True)
-        with open(self.out / "bench.log", "a") as log:
-            log.write(line + "\n")
+        progress(self.out, message)
 
 
 def hold_cap(nofile: int) -> int:

@@ -17,8 +17,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from bench import report
-from bench.bench import BENCH, FULL, QUICK, ROOT, SYSTEMS, Bench, Settings, hold_cap
+from bench import instructions, report
+from bench.bench import _DROPPED_ENV, BENCH, FULL, QUICK, ROOT, SYSTEMS, Bench, Settings, hold_cap
+from bench.instructions import PHASE_NAMES, InstructionBench
 
 
 def machine_facts(python: str) -> dict[str, Any]:
@@ -51,6 +52,11 @@ def rewrite_summary(folder: Path) -> int:
     """Rebuild summary.md from a results folder's raw.jsonl and args.json (no process is started)."""
     saved = json.loads((folder / "args.json").read_text())
     records = [json.loads(line) for line in (folder / "raw.jsonl").read_text().splitlines() if line]
+    if "settings" not in saved:  # an --instructions run
+        text = instructions.summary(records, saved["argv"], saved["machine"])
+        (folder / "summary.md").write_text(text)
+        print(text)
+        return 0
     settings = Settings(**saved["settings"])
     nofile = saved["machine"]["nofile"][1]
     text = report.summary(records, settings, saved["machine"], hold_cap(nofile), saved["argv"])
@@ -79,6 +85,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=Path,
         help="a checkout of another commit (e.g. a git worktree): its gateway runs as gateway-base",
     )
+    parser.add_argument(
+        "--instructions",
+        nargs="?",
+        const=",".join(PHASE_NAMES),
+        metavar="PHASES",
+        help="instead of the tests: callgrind's instruction counts per request, stream and event "
+        f"(phases {','.join(PHASE_NAMES)}; default all), gateway and gateway-base side by side",
+    )
+    parser.add_argument(
+        "--keep-profiles", action="store_true", help="--instructions: keep callgrind's dumps in callgrind/"
+    )
     parser.add_argument("--out", type=Path, help="results folder (default bench/results/<timestamp>)")
     parser.add_argument(
         "--report", type=Path, metavar="DIR", help="only rewrite DIR/summary.md from raw.jsonl"
@@ -92,6 +109,8 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.report:
         return rewrite_summary(args.report)
+    if args.instructions:
+        return run_instructions(args, argv)
     settings = QUICK if args.quick else FULL
     settings = replace(
         settings,
@@ -136,6 +155,42 @@ def main(argv: list[str]) -> int:
         summary = report.summary(bench.records, settings, facts, bench.hold_cap(), argv)
         (out / "summary.md").write_text(summary)
         print(summary)
+    print(f"results in {out}")
+    return 0
+
+
+def run_instructions(args: argparse.Namespace, argv: list[str]) -> int:
+    """`--instructions`: this checkout's gateway and the base checkout's, each under callgrind."""
+    systems = ["gateway", "gateway-base"] if args.base is not None else ["gateway"]
+    if args.systems:
+        systems = [s for s in args.systems.split(",") if s]
+    if "gateway-base" in systems and (args.base is None or not (args.base / "tornadoproxy").is_dir()):
+        print("gateway-base needs --base DIR, a checkout with tornadoproxy/ in it", file=sys.stderr)
+        return 2
+    args.phases = [p for p in args.instructions.split(",") if p]
+    unknown = set(systems) - {"gateway", "gateway-base"} or set(args.phases) - set(PHASE_NAMES)
+    if unknown:
+        print(f"--instructions: unknown systems or phases: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    for tool in ("valgrind", "callgrind_control"):
+        if shutil.which(tool) is None:
+            print(f"--instructions needs {tool} (Debian: valgrind; bench/run installs it)", file=sys.stderr)
+            return 2
+    out = args.out or BENCH / "results" / (time.strftime("%Y%m%d-%H%M%S") + "-instructions")
+    out.mkdir(parents=True, exist_ok=True)
+    python = str(ROOT / ".venv" / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV and "proxy" not in k.lower()}
+    facts = machine_facts(python)
+    (out / "args.json").write_text(json.dumps({"argv": argv, "machine": facts}, indent=2))
+    bench = InstructionBench(out, args, python, env)
+    try:
+        bench.run(systems, args.reps or 1, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    finally:
+        bench.procs.stop_all()
+        bench.clean_up()
+    text = instructions.summary(bench.records, argv, facts)
+    (out / "summary.md").write_text(text)
+    print(text)
     print(f"results in {out}")
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -149,6 +150,21 @@ def start_nginx(
     proc = procs.start(name, argv, cpus, env, port)
     wait_http(f"http://127.0.0.1:{port}{health}", proc)
     return proc
+
+
+def clean_run_dir(run_dir: Path, out: Path) -> None:
+    """Keep nginx's error logs with the results (`out/logs`), then remove the scratch folder."""
+    for log in run_dir.glob("*-error.log"):
+        shutil.copy(log, out / "logs" / log.name)
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def progress(out: Path, message: str) -> None:
+    """A progress line, timestamped: printed and appended to `out/bench.log`."""
+    line = f"[{time.strftime('%H:%M:%S')}] {message}"
+    print(line, flush=True)
+    with open(out / "bench.log", "a") as log:
+        log.write(line + "\n")
 
 
 # -- /proc readings -----------------------------------------------------------------------------

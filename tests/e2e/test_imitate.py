@@ -218,6 +218,27 @@ def test_a_client_that_leaves_ends_the_web_request_at_once(gateway: Gateway, sim
     sim.release("held")
 
 
+def test_a_client_that_stops_reading_a_stream_is_dropped_after_the_stall_timeout(
+    make_gateway: Any, sim: Simulator
+) -> None:
+    """Chunks go to the socket at once while it takes them; once it does not, the writer waits for
+    the client (holding the next web read back) and drops one that took nothing for
+    server.client_stall_timeout."""
+    gw = make_gateway({"server": {"client_stall_timeout": 1.0}})
+    sim.script_answer(["x" * 8000] * 400)  # 3.2 MB of text, far beyond the sockets' buffers
+    body = json.dumps({"model": "gpt-4o", "messages": HELLO, "stream": True}).encode()
+    head = f"POST {COMPLETIONS} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {ACCESS_TOKEN}\r\n"
+    head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    with socket.socket() as stalled:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", gw.port))
+        stalled.sendall(head.encode() + body)
+        assert stalled.recv(1024).startswith(b"HTTP/1.1 200 ")  # then it reads no more
+        line = wait_for(lambda: gw.access_lines(COMPLETIONS), what="the access log line")[0]
+    assert line["stream_end"] == "client_gone" and line["status"] == 200
+    assert "dropping a client that accepted nothing for 1 s" in gw.log_text()
+
+
 def test_a_client_that_leaves_a_whole_answer_early_is_499(gateway: Gateway, sim: Simulator) -> None:
     sim.script_answer(["started", " never sent"], gates={"1": "held"})
     body = json.dumps({"model": "gpt-4o", "messages": HELLO})

@@ -2,8 +2,10 @@
 to an OpenAI answer").
 
 `write_stream` sends `chat.completion.chunk` events as the web events arrive: one content chunk per
-upstream read that brought text, each delivered (flushed) before the next read, keep-alive comments
-while the upstream is silent, and after a failure one `data: {"error": ...}` event and `[DONE]`.
+upstream read that brought text, each handed to the client before the next read (with
+`ClientSide.send`, at once, when the socket takes it all; else waited for with `deliver`, so a client
+that stalls holds the next read back), keep-alive comments while the upstream is silent, and after a
+failure one `data: {"error": ...}` event and `[DONE]`.
 `read_whole` reads the rest of the answer for a non-streamed completion. Neither counts tokens: the
 caller passes `usage_of`.
 """
@@ -109,14 +111,16 @@ async def _pump(
     try:
         while (chunk := await exchange.read()) is not None:
             if not chunk:
-                _send(client, encode_comment("keep-alive"))
+                data = encode_comment("keep-alive")
             elif pieces := reader.feed(chunk):
                 text = "".join(pieces)
                 parts.append(text)
-                _send(client, chunks.content(text))
+                data = chunks.content(text)
             else:
                 continue
-            await client.deliver()
+            client.bytes_out += len(data)
+            if not client.send(data):  # not all taken at once: wait for the client as before
+                await client.deliver()
         if client.gone:
             return Ending("".join(parts), reason="client_gone")
         _check_not_shut_down(exchange.aborted_reason)
