@@ -18,7 +18,8 @@ from tornadoproxy.upstream.shipped_profiles import chrome
 
 @dataclass
 class ReferenceHead:
-    """What the exchange's former per-line HEADERFUNCTION made of a header stream."""
+    """What the exchange's former per-line HEADERFUNCTION made of a header stream, except that a
+    status line without a reason phrase ("HTTP/1.1 200") now reads as its status, not as none."""
 
     status: int = 0
     reason: str = ""
@@ -41,7 +42,7 @@ class ReferenceHead:
                     if name_.lower() == "content-encoding" and content.lower() not in ("", "identity"):
                         self.coded = True
         elif line.startswith("HTTP/"):
-            parts = line.split(" ", 2)
+            parts = line.rstrip("\r\n").split(" ", 2)  # (the former parser split with the CRLF on)
             self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
             self.reason = parts[2].strip() if len(parts) > 2 else ""
             self.headers = []
@@ -200,3 +201,12 @@ def test_an_unusual_status_digit_is_no_status_rather_than_an_error() -> None:
     batched, per_line = _read_both_ways([b"HTTP/1.1 2\xb2\xb3 odd\r\n", b"\r\n"], [True])
     assert batched == per_line
     assert batched[:4] == [0, "odd", [], False]
+
+
+def test_a_status_line_without_a_reason_phrase_is_read_as_its_status() -> None:
+    lines = [b"HTTP/1.1 200\r\n", b"Content-Type: application/json\r\n", b"\r\n"]
+    batched, per_line = _read_both_ways(lines, [False, True])
+    assert batched == per_line
+    status, reason, headers, complete, *_ = batched
+    assert (status, reason, complete) == (200, "", True)
+    assert headers == [("Content-Type", "application/json")]

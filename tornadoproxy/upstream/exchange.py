@@ -300,7 +300,8 @@ class Exchange:
                 if self.status >= 200 and not self.headers_complete:
                     self._head_complete(now)
             elif line.startswith("HTTP/"):
-                parts = line.split(" ", 2)
+                # The line ending off first: "HTTP/1.1 200" without a reason phrase is a 200.
+                parts = line.rstrip("\r\n").split(" ", 2)
                 self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdecimal() else 0
                 self.reason = parts[2].strip() if len(parts) > 2 else ""
                 self.headers = []
