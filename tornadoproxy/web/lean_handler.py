@@ -11,10 +11,16 @@ LeanHandlerDelegate takes the place of tornado's _HandlerDelegate for these hand
 bodies, as all the gateway's are): tornado runs the whole request as one task, which starts a loop
 pass after the headers, makes the connection wait for prepare() another pass, and waits for the body
 a third. Here the handler is built and prepared as the headers arrive (prepare() must not be a
-coroutine), the body is delivered as it comes, and the method runs as a task once it is complete:
-one pass. Errors take tornado's path (`_handle_request_exception`: log_exception, send_error,
-write_error), an unsupported method is 405, a handler finished by prepare() runs no method, and a
-body that never completes runs none either (on_connection_close ends the request).
+coroutine), the body is delivered as it comes, and the method runs as a task once it is complete,
+its first step at once when the loop has nothing else queued (`start_task_now`, as Python 3.12's
+eager tasks): no pass of its own, and a request whose answer is there by its first suspension none
+at all. Errors take tornado's path
+(`_handle_request_exception`: log_exception, send_error, write_error), an unsupported method is
+405, a handler finished by prepare() runs no method, and a body that never completes runs none
+either (on_connection_close ends the request).
+
+`start_task_now` relies on asyncio's own loop (3.11's `_ready` queue, `_enter_task`/`_leave_task`);
+on any other loop the step is left scheduled, as before.
 
 Limits: no template rendering (`render()`, `self.ui`) and none of tornado's template or static-file
 cache resets per request, which no handler of the gateway uses. The private names used here are
@@ -27,7 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from asyncio import Future
+from asyncio.tasks import _enter_task, _leave_task
+from collections.abc import Coroutine
 from typing import Any
 
 from tornado.concurrent import future_set_result_unless_cancelled
@@ -142,7 +149,7 @@ class LeanHandlerDelegate(_HandlerDelegate):
     def headers_received(
         self, start_line: RequestStartLine | ResponseStartLine, headers: HTTPHeaders
     ) -> None:
-        self.request._body_future = Future()
+        self.request._body_future = self.request.connection.stream.io_loop.asyncio_loop.create_future()  # type: ignore[union-attr]
         self.handler = self.handler_class(self.application, self.request, **self.handler_kwargs)  # type: ignore[assignment]
         transforms = [transform(self.request) for transform in self.application.transforms]
         self.handler._start(transforms, self.path_args, self.path_kwargs)
@@ -150,5 +157,41 @@ class LeanHandlerDelegate(_HandlerDelegate):
     def finish(self) -> None:
         future_set_result_unless_cancelled(self.request._body_future, None)
         if not self.handler._finished:
-            task = asyncio.ensure_future(self.handler._run_method())
-            task.add_done_callback(lambda done: done.cancelled() or done.result())
+            loop = self.request.connection.stream.io_loop.asyncio_loop  # type: ignore[union-attr]
+            task = start_task_now(self.handler._run_method(), loop)
+            if not task.done() or task.cancelled() or task.exception() is not None:
+                task.add_done_callback(_surface_failure)
+
+
+def start_task_now(coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> asyncio.Task[None]:
+    """A task for `coro` whose first step runs at once, in the caller's loop pass, as Python 3.12's
+    eager tasks do; 3.11's Task schedules it for the next pass. A buffered relay then sends its
+    request now, and one whose upstream answers while libcurl sends it ends without a pass of its
+    own. The step runs as the task's own (asyncio.current_task() is this task, cancellation and
+    contextvars as for any task): the caller's task, if any, is left for that time and entered
+    again after. Only when nothing else waits in the loop's ready queue: under load (64
+    connections) running steps ahead of the pass's other callbacks cost 3-14 % more CPU per request
+    natively, although fewer instructions; cause not found. On a loop whose ready queue is not
+    asyncio's, the step stays scheduled."""
+    ready = getattr(loop, "_ready", None)
+    queued = len(ready) if ready is not None else -1
+    task = asyncio.Task(coro, loop=loop)  # with its loop: no getpid in 3.11's get_event_loop()
+    if ready is None or queued != 0 or len(ready) != 1:
+        return task  # a busy pass (other callbacks wait): the step waits its turn, as before
+    step = ready.pop()  # the Task constructor's call_soon(step)
+    caller = asyncio.current_task(loop)
+    if caller is not None:
+        _leave_task(loop, caller)
+    try:
+        step._run()  # as the loop runs it: failures go to the task, or to the exception handler
+    finally:
+        if caller is not None:
+            _enter_task(loop, caller)
+    return task
+
+
+def _surface_failure(done: asyncio.Task[None]) -> None:
+    """What escaped a request method's task (not an answered failure): raised into the loop's
+    exception handler, which logs it."""
+    if not done.cancelled():
+        done.result()
