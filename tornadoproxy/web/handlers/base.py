@@ -413,6 +413,7 @@ class BaseHandler(LeanRequestHandler):
             # The response head is on the wire now; tornado reads these headers no more, and a
             # stream would keep them for its whole life.
             self._headers._as_list.clear()
+            self._headers._combined_cache.clear()  # else get() would still answer from it
         if future.done():
             return
         timeout = self.services.config.server.client_stall_timeout
