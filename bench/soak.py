@@ -3,7 +3,9 @@ descriptors, to show whether memory and descriptors stay flat after warm-up.
 
 The load alternates wrk (16 connections, 10 s of non-streaming requests) with a burst of 200
 short SSE streams; RSS and descriptors are sampled every 5 s into soak.jsonl, and soak.md reports
-them minute by minute with the growth after the first minute.
+them minute by minute with the growth after the first minute. Descriptors are read mid-load, so a
+sample counts whatever connections that moment has open; the fewest a minute saw (its floor) is what
+a leak would raise.
 """
 
 from __future__ import annotations
@@ -59,14 +61,17 @@ def soak_report(samples: list[dict[str, Any]], requests: int, streams: int, seco
     lines = [
         f"# Gateway soak: {seconds} s, {requests:,} non-streaming requests and {streams:,} SSE streams",
         "",
-        "| minute | RSS MB | open fds |",
-        "|---|---|---|",
+        "| minute | RSS MB | open fds | fewest fds |",
+        "|---|---|---|---|",
     ]
     per_minute: dict[int, dict[str, Any]] = {}
+    fd_floor: dict[int, int] = {}
     for row in samples:
-        per_minute[int(row["t_s"] // 60)] = row  # the last sample of each minute
+        minute = int(row["t_s"] // 60)
+        per_minute[minute] = row  # the last sample of each minute
+        fd_floor[minute] = min(fd_floor.get(minute, row["fds"]), row["fds"])
     for minute, row in sorted(per_minute.items()):
-        lines.append(f"| {minute + 1} | {row['rss_kb'] / 1024:.1f} | {row['fds']} |")
+        lines.append(f"| {minute + 1} | {row['rss_kb'] / 1024:.1f} | {row['fds']} | {fd_floor[minute]} |")
     after_warmup = [r for r in samples if r["t_s"] >= 60] or samples
     if after_warmup:
         first, last = after_warmup[0], after_warmup[-1]
@@ -76,7 +81,8 @@ def soak_report(samples: list[dict[str, Any]], requests: int, streams: int, seco
             "",
             f"After the first minute: RSS {first['rss_kb'] / 1024:.1f} -> {last['rss_kb'] / 1024:.1f} MB "
             f"(peak {peak / 1024:.1f}), {(last['rss_kb'] - first['rss_kb']) / 1024 / span_min:+.2f} MB per "
-            f"minute; open fds {first['fds']} -> {last['fds']}.",
+            f"minute; open fds {first['fds']} -> {last['fds']}, fewest in a minute "
+            f"{fd_floor[int(first['t_s'] // 60)]} -> {fd_floor[int(last['t_s'] // 60)]}.",
         ]
         tail = samples[len(samples) * 2 // 3 :]
         if len(tail) >= 2:
