@@ -20,7 +20,7 @@ from tornadoproxy.web.app import _GatewayApplication, all_routes
 from tornadoproxy.web.framing import StrictHTTP1Connection, _has_bare_lf
 from tornadoproxy.web.handlers.routing import route_specs
 from tornadoproxy.web.lean_handler import LeanRequestHandler
-from tornadoproxy.web.listener import _HEADER_END
+from tornadoproxy.web.serving import HEADER_END as _HEADER_END
 
 
 def _parsed(parse: Any, data: bytes) -> tuple[str, object]:

@@ -12,29 +12,24 @@ for the read that finds nothing), where one scratch buffer per process does, sin
 out of it at once; and it turns Nagle's algorithm off after each response and back on for the next
 request (two setsockopt calls per request), where it is simply off for the connection's life, as
 nginx has it: an answer or an event goes out when it is written.
+Each connection's requests are read by the loop in serving.py, not by tornado's HTTP1ServerConnection.
 """
 
 from __future__ import annotations
 
 import socket
 from asyncio import Future
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
-from tornado.http1connection import HTTP1Connection
-from tornado.httpserver import HTTPServer
-from tornado.httputil import HTTPConnection, HTTPMessageDelegate
+from tornado.httpserver import HTTPServer, _HTTPRequestContext
 from tornado.iostream import IOStream, StreamBufferFullError, UnsatisfiableReadError
 from tornado.log import gen_log
 
 from tornadoproxy.errors import BadRequest, Code, GatewayError
-from tornadoproxy.web.framing import StrictHTTP1Connection
+from tornadoproxy.web.serving import IdleSweep, ServerConnection
 
 _TORNADO_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\n\r\n"
-_TORNADO_HEADER_END = b"\r?\n\r?\n"  # what tornado's HTTP1Connection reads a header block up to
-# Anchored, and line by line: `[^\n]*+` runs to each line end at once, where a lazy `[\s\S]*?` tried
-# the empty-line pattern at every byte (a ninth of the cost, same ends: tests/unit/test_lean_web.py).
-_HEADER_END = rb"\A[\r\n]*[^\r\n](?:[^\n]*+\n)+?\r?\n"
 # Every connection's socket is read into this one buffer and copied out at once (the loop is one
 # thread, and nothing keeps a view of it past a read).
 _SCRATCH = bytearray(64 * 1024)
@@ -68,18 +63,21 @@ class GatewayHTTPServer(HTTPServer):
     # Called with the error code of each protocol-level refusal; set by the composition root.
     refused: Callable[[str], None] = staticmethod(_uncounted)
 
+    # The idle deadlines' sweep over `_connections`, made with the first connection.
+    _sweep: IdleSweep | None = None
+
     def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
         # A class swap rather than wrapped methods: no closures kept per connection.
         stream.__class__ = _JsonErrorIOStream
         stream.refused = self.refused  # type: ignore[attr-defined]
         IOStream.set_nodelay(stream, True)  # for the connection's life (see the module docstring)
-        super().handle_stream(stream, address)
-
-    def start_request(self, server_conn: object, request_conn: HTTPConnection) -> HTTPMessageDelegate:
-        # Each request's connection object, before it reads anything: RFC 9112 framing (framing.py).
-        if type(request_conn) is HTTP1Connection:
-            request_conn.__class__ = StrictHTTP1Connection
-        return super().start_request(server_conn, request_conn)
+        context = _HTTPRequestContext(stream, address, self.protocol, self.trusted_downstream)
+        connection = ServerConnection(stream, self.conn_params, context, self)
+        self._connections.add(connection)  # type: ignore[arg-type]
+        if self._sweep is None:
+            self._sweep = IdleSweep(self._connections)  # type: ignore[arg-type]
+        self._sweep.watch(stream.io_loop.asyncio_loop)  # type: ignore[attr-defined]
+        connection.start()
 
 
 class _JsonErrorIOStream(IOStream):
@@ -89,15 +87,6 @@ class _JsonErrorIOStream(IOStream):
     # The code of the refusal written on this connection, if any: a handler whose request body was
     # refused this way (bad chunked framing) ends its request with it (handlers/base.py).
     answered: str | None = None
-
-    def read_until_regex(self, regex: bytes, max_bytes: int | None = None) -> Awaitable[bytes]:
-        if regex == _TORNADO_HEADER_END:
-            # Empty lines before a request line are ignored (RFC 9112 2.2): tornado's pattern ends a
-            # header block at the first empty line, so two of them (or CRLF after a body, then one)
-            # read as an empty request. The block starts at its first other byte; tornado strips
-            # what comes before.
-            regex = _HEADER_END
-        return super().read_until_regex(regex, max_bytes)
 
     def set_nodelay(self, value: bool) -> None:
         """tornado's HTTP/1 connection toggles this around each response; it stays on."""
