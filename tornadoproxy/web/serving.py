@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import time
 from asyncio import Future
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from tornado import gen
 from tornado.http1connection import HTTP1ConnectionParameters, _GzipMessageDelegate
 from tornado.httputil import (
+    HTTPHeaders,
     HTTPInputError,
     HTTPMessageDelegate,
     HTTPServerConnectionDelegate,
@@ -103,9 +104,13 @@ class RequestConnection(StrictHTTP1Connection):
                     return False
                 if headers.get("Expect") == "100-continue" and not self._write_finished:
                     stream.write(_CONTINUE)
-                body = self._read_body(0, headers, delegate)
-                if body is not None and not await self._body_read(body):
-                    return False
+                taken = self._buffered_body(headers, delegate)
+                if taken is False:
+                    body = self._read_body(0, headers, delegate)
+                    if body is not None and not await self._body_read(body):
+                        return False
+                elif taken is not True:
+                    await taken
                 self._read_finished = True
                 if not self._write_finished:
                     _tell(delegate.finish)
@@ -127,6 +132,34 @@ class RequestConnection(StrictHTTP1Connection):
         except _Logged:
             self.close()
             return False
+
+    def _buffered_body(self, headers: HTTPHeaders, delegate: HTTPMessageDelegate) -> bool | Awaitable[None]:
+        """Deliver a body of a plain Content-Length that the stream has already buffered whole, in
+        one piece of at most chunk_size (as tornado's body reading delivers it), without that
+        reading's two coroutines: True, or what the delegate's data_received returned to await;
+        False for any other body (left to tornado's reading, which checks and refuses)."""
+        length = headers.get("Content-Length")
+        if length is None or "Transfer-Encoding" in headers or not (length.isascii() and length.isdigit()):
+            return False
+        size = int(length)
+        if size > self._max_body_size or size > self.params.chunk_size:
+            return False
+        stream = self.stream
+        if size > stream._read_buffer_size:
+            return False
+        if size:
+            data = cast("Future[bytes]", stream.read_bytes(size)).result()
+            if not self._write_finished:
+                try:
+                    pending = delegate.data_received(data)
+                except HTTPInputError:
+                    raise
+                except Exception as error:
+                    app_log.error("Uncaught exception", exc_info=True)
+                    raise _Logged from error
+                if pending is not None:
+                    return pending
+        return True
 
     async def _body_read(self, body: Any) -> bool:
         """Await the body's reading, within the connection's body timeout if it has one; False when
