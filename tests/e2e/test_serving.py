@@ -70,6 +70,21 @@ def test_idle_connections_are_closed_after_the_idle_timeout(
             assert _receive_answer(busy).startswith(b"HTTP/1.1 200 ")
 
 
+def test_the_idle_timeout_starts_when_an_answer_ends(
+    make_gateway: Callable[..., Gateway], sim: Simulator
+) -> None:
+    gw = make_gateway({"server": {"idle_connection_timeout": 1.0}, "readiness": {"enabled": False}})
+    sim.script("platform", "/v1/models", {"status": 200, "chunks": [{"gate": "slow"}, {"data": "{}"}]})
+    with _connect(gw.port) as answered:
+        answered.sendall((MODELS + "\r\n").encode())
+        sim.wait_reached("slow")
+        with _connect(gw.port) as idle:  # opened after the answer began, closed for its idleness
+            assert read_all(idle, timeout=10) == b""
+        sim.release("slow")  # an answer longer than the idle timeout, then a request after it
+        answered.sendall((MODELS + "Connection: close\r\n\r\n").encode())
+        assert read_all(answered).count(b"HTTP/1.1 200 ") == 2
+
+
 def test_pipelined_requests_are_answered_in_order(gateway: Gateway, sim: Simulator) -> None:
     body = b'{"model": "m", "input": "pipelined"}'
     upload = (
