@@ -96,7 +96,9 @@ class Exchange:
         proxy: EgressProxy,
         gated: bool,
         max_decoded: int,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
+        """`loop`: the running loop when the caller holds it (asking asyncio costs a getpid call)."""
         self.request = request
         self.route = route
         self.gated = gated
@@ -116,7 +118,7 @@ class Exchange:
         # fetcher's sweep does the nudging, so no timer is armed per read.
         self.keepalive = 0.0
         self._quiet_since = self.started_at
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._owner = owner
         self._transport: Transport | None = None  # the engine running the current attempt
         self._handle: object | None = None  # its handle for the attempt, while it runs

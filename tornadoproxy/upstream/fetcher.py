@@ -14,6 +14,7 @@ pool): then it fails, and the account cools down instead.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -79,6 +80,7 @@ class Fetcher:
         self.reconfigure(config, routes)
         self._gate = Gate(config.max_clients, config.queue_timeout, metrics)
         self._open: set[Exchange] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the running loop, kept (see open())
         self._keepalive_tick = 1.0  # lowered by keep_alive() for consumers that want short intervals
         self._idle_watch = IOLoop.current().call_later(self._sweep_interval(), self._sweep)
 
@@ -104,7 +106,10 @@ class Fetcher:
             await self._gate.acquire()
         proxy = request.proxy or self.egress.choose(route.name)
         assert proxy is not None  # a first attempt always gets a proxy
-        exchange = Exchange(self, request, route, proxy, gated, self.config.max_decoded_size)
+        loop = self._loop
+        if loop is None or not loop.is_running():  # first request, or a new loop (tests): ask once
+            loop = self._loop = asyncio.get_running_loop()
+        exchange = Exchange(self, request, route, proxy, gated, self.config.max_decoded_size, loop)
         self._open.add(exchange)
         self._start(exchange)
         return exchange
