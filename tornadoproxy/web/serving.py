@@ -55,11 +55,11 @@ class _Logged(Exception):
     """A delegate's failure, already logged: the connection closes without an answer (as tornado)."""
 
 
-def _tell(call: Callable[[], Any]) -> None:
-    """Call a delegate's method; a failure other than a malformed message is logged, then ends the
-    connection (`_Logged`), as tornado treats its delegates' failures."""
+def _tell(method: Callable[..., Any], *args: Any) -> Any:
+    """Call a delegate's method and return what it returns; a failure other than a malformed message
+    is logged, then ends the connection (`_Logged`), as tornado treats its delegates' failures."""
     try:
-        call()
+        return method(*args)
     except HTTPInputError:
         raise
     except Exception as error:
@@ -92,7 +92,7 @@ class RequestConnection(StrictHTTP1Connection):
                 try:
                     pending = delegate.headers_received(start_line, headers)
                     if pending is not None:
-                        await pending
+                        await pending  # a failure while waiting on it is the delegate's too
                 except HTTPInputError:
                     raise
                 except Exception as error:
@@ -150,13 +150,7 @@ class RequestConnection(StrictHTTP1Connection):
         if size:
             data = cast("Future[bytes]", stream.read_bytes(size)).result()
             if not self._write_finished:
-                try:
-                    pending = delegate.data_received(data)
-                except HTTPInputError:
-                    raise
-                except Exception as error:
-                    app_log.error("Uncaught exception", exc_info=True)
-                    raise _Logged from error
+                pending = _tell(delegate.data_received, data)
                 if pending is not None:
                     return pending
         return True
