@@ -6,9 +6,11 @@ timed and written to the access log.
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from typing import Any
 
-from tornado.httputil import HTTPServerRequest
+from tornado.httputil import HTTPConnection, HTTPMessageDelegate, HTTPServerRequest
+from tornado.routing import _RoutingDelegate
 from tornado.web import Application, RequestHandler, _HandlerDelegate, _has_stream_request_body
 
 from tornadoproxy.web.handlers import accounts, chatgpt, imitate, logins, ops, platform
@@ -49,11 +51,27 @@ class _GatewayApplication(Application):
             return LeanHandlerDelegate(self, request, target_class, target_kwargs, path_args, path_kwargs)
         return super().get_handler_delegate(request, target_class, target_kwargs, path_args, path_kwargs)
 
+    def start_request(self, server_conn: object, request_conn: HTTPConnection) -> HTTPMessageDelegate:
+        return _InlineRouting(self, server_conn, request_conn)
+
     def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> _HandlerDelegate:
         target = self._fixed.get(request.path)
         if target is not None:
             return self.get_handler_delegate(request, target[0], target[1])
         return super().find_handler(request, **kwargs)
+
+
+class _InlineRouting(_RoutingDelegate):
+    """tornado's routing delegate, passing on the handler delegate's `finish_inline` (serving.py runs
+    the request method in the connection's task)."""
+
+    def finish_inline(self) -> Coroutine[Any, Any, None] | None:
+        delegate = self.delegate
+        inline = getattr(delegate, "finish_inline", None)
+        if inline is None:
+            delegate.finish()  # type: ignore[union-attr]
+            return None
+        return inline()
 
 
 def make_app(services: Services) -> Application:

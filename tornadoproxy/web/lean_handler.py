@@ -11,10 +11,12 @@ LeanHandlerDelegate takes the place of tornado's _HandlerDelegate for these hand
 bodies, as all the gateway's are): tornado runs the whole request as one task, which starts a loop
 pass after the headers, makes the connection wait for prepare() another pass, and waits for the body
 a third. Here the handler is built and prepared as the headers arrive (prepare() must not be a
-coroutine), the body is delivered as it comes, and the method runs as a task once it is complete,
-its first step at once when the loop has nothing else queued (`start_task_now`, as Python 3.12's
-eager tasks): no pass of its own, and a request whose answer is there by its first suspension none
-at all. Errors take tornado's path
+coroutine), the body is delivered as it comes, and once it is complete the method runs in the
+connection's own task (`finish_inline`: serving.py's request loop awaits it): no task, no loop pass
+of its own, and a request whose answer is there by its first suspension none at all. Where a
+wrapper between the connection and this delegate hides `finish_inline` (tornado's own server, as
+some tests use), `finish()` runs the method as a task whose first step runs at once when the loop
+has nothing else queued (`start_task_now`, as Python 3.12's eager tasks). Errors take tornado's path
 (`_handle_request_exception`: log_exception, send_error, write_error), an unsupported method is
 405, a handler finished by prepare() runs no method, and a body that never completes runs none
 either (on_connection_close ends the request).
@@ -153,6 +155,19 @@ class LeanHandlerDelegate(_HandlerDelegate):
         self.handler = self.handler_class(self.application, self.request, **self.handler_kwargs)  # type: ignore[assignment]
         transforms = [transform(self.request) for transform in self.application.transforms]
         self.handler._start(transforms, self.path_args, self.path_kwargs)
+
+    def finish_inline(self) -> Coroutine[Any, Any, None] | None:
+        """The body is complete: the request method, as a coroutine for the connection's own task
+        to await (serving.py), instead of a task of its own, when the loop has nothing else queued;
+        None when prepare() answered or the method went to a task (a busy pass, see finish())."""
+        loop = self.request.connection.stream.io_loop.asyncio_loop  # type: ignore[union-attr]
+        if getattr(loop, "_ready", None):  # other callbacks wait: as start_task_now, no step ahead of them
+            self.finish()
+            return None
+        future_set_result_unless_cancelled(self.request._body_future, None)
+        if self.handler._finished:
+            return None
+        return self.handler._run_method()
 
     def finish(self) -> None:
         future_set_result_unless_cancelled(self.request._body_future, None)

@@ -5,7 +5,9 @@ Tornado's own loop pays per request for three coroutine frames, a `with_timeout`
 read (a future, a timer on the loop's heap, chained callbacks, a cancel), a loop pass after each
 request and the stream's close callback set and cleared again. Here:
 - one coroutine per connection reads each header block, and one per request
-  (`RequestConnection.serve`) reads its body and waits for its answer;
+  (`RequestConnection.serve`) reads its body and, in the same task, runs the request method where
+  the delegate offers it as `finish_inline` (lean_handler.py: no task per request), then waits for
+  the answer's end;
 - the idle timeout (`server.idle_connection_timeout`, tornado's header timeout: from the end of an
   answer, or the accept, to the end of the next header block) is a deadline on the connection that
   one sweep per listener checks once a second (`IdleSweep`): an overdue connection is closed, as
@@ -112,13 +114,16 @@ class RequestConnection(StrictHTTP1Connection):
                 elif taken is not True:
                     await taken
                 self._read_finished = True
+                owner.waiting = self
                 if not self._write_finished:
-                    _tell(delegate.finish)
+                    inline = getattr(delegate, "finish_inline", None)
+                    method = _tell(delegate.finish if inline is None else inline)
                     told = False
+                    if method is not None:
+                        await method  # it answers every failure of its own
                 if not self._finish_future.done() and self.stream is not None and not stream.closed():
-                    owner.waiting = self
                     await self._finish_future
-                    owner.waiting = None
+                owner.waiting = None
                 return self.stream is not None
             except HTTPInputError as error:
                 gen_log.info("Malformed HTTP message from %s: %s", self.context, error)
