@@ -13,13 +13,13 @@ pass after the headers, makes the connection wait for prepare() another pass, an
 a third. Here the handler is built and prepared as the headers arrive (prepare() must not be a
 coroutine), the body is delivered as it comes, and once it is complete the method runs in the
 connection's own task when the loop is not busy (`finish_inline`: serving.py's request loop awaits
-it): no task, no loop pass of its own, and a request whose answer is there by its first suspension none at all. Where a
-wrapper between the connection and this delegate hides `finish_inline` (tornado's own server, as
-some tests use), `finish()` runs the method as a task whose first step runs at once when the loop
-has nothing else queued (`start_task_now`, as Python 3.12's eager tasks). Errors take tornado's path
-(`_handle_request_exception`: log_exception, send_error, write_error), an unsupported method is
-405, a handler finished by prepare() runs no method, and a body that never completes runs none
-either (on_connection_close ends the request).
+it): no task, no loop pass of its own, and a request whose answer is there by its first suspension
+none at all. Where a wrapper between the connection and this delegate hides `finish_inline`
+(tornado's own server, as some tests use), `finish()` runs the method as a task whose first step
+runs at once when the loop has nothing else queued (`start_task_now`, as Python 3.12's eager tasks).
+Errors take tornado's path (`_handle_request_exception`: log_exception, send_error, write_error), an
+unsupported method is 405, a handler finished by prepare() runs no method, and a body that never
+completes runs none either (on_connection_close ends the request).
 
 `start_task_now` relies on asyncio's own loop (3.11's `_ready` queue, `_enter_task`/`_leave_task`);
 on any other loop the step is left scheduled, as before.
