@@ -52,6 +52,10 @@ from tornado.web import Application, HTTPError, RequestHandler, _HandlerDelegate
 
 # The Content-Type tornado gives every response until a handler sets its own.
 _DEFAULT_CONTENT_TYPE = "text/html; charset=UTF-8"
+# At one connection one or two callbacks are queued as a body completes (the upstream socket's event,
+# the listener's); at 64 connections running every method ahead of a pass's other callbacks cost
+# 1.26x CPU per request natively although fewer instructions (cause not found): above this, a task.
+INLINE_QUEUED_AT_MOST = 2
 
 
 class _HttpDate:
@@ -158,28 +162,28 @@ class LeanHandlerDelegate(_HandlerDelegate):
 
     def finish_inline(self) -> Coroutine[Any, Any, None] | None:
         """The body is complete: the request method, as a coroutine for the connection's own task
-        to await (serving.py), instead of a task of its own, unless the pass is busy; None when
-        prepare() answered or the method went to a task (finish()). Busy means more than two
-        callbacks queued: at one connection one or two are (the upstream socket's event, the
-        listener's); at 64 connections running every method ahead of the pass's other callbacks
-        cost 1.26x CPU per request natively although fewer instructions (cause not found)."""
+        to await (serving.py), instead of a task of its own, unless the pass is busy (then finish());
+        None when there is nothing to await."""
         loop = self.request.connection.stream.io_loop.asyncio_loop  # type: ignore[union-attr]
-        ready = getattr(loop, "_ready", ())
-        if len(ready) > 2:  # a busy pass: as start_task_now, no step ahead of the other callbacks
+        if len(getattr(loop, "_ready", ())) > INLINE_QUEUED_AT_MOST:
             self.finish()
             return None
+        return self._method_due()
+
+    def finish(self) -> None:
+        method = self._method_due()
+        if method is not None:
+            loop = self.request.connection.stream.io_loop.asyncio_loop  # type: ignore[union-attr]
+            task = start_task_now(method, loop)
+            if not task.done() or task.cancelled() or task.exception() is not None:
+                task.add_done_callback(_surface_failure)
+
+    def _method_due(self) -> Coroutine[Any, Any, None] | None:
+        """The body is complete: the request method to run, or None when prepare() answered."""
         future_set_result_unless_cancelled(self.request._body_future, None)
         if self.handler._finished:
             return None
         return self.handler._run_method()
-
-    def finish(self) -> None:
-        future_set_result_unless_cancelled(self.request._body_future, None)
-        if not self.handler._finished:
-            loop = self.request.connection.stream.io_loop.asyncio_loop  # type: ignore[union-attr]
-            task = start_task_now(self.handler._run_method(), loop)
-            if not task.done() or task.cancelled() or task.exception() is not None:
-                task.add_done_callback(_surface_failure)
 
 
 def start_task_now(coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> asyncio.Task[None]:
