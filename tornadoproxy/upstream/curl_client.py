@@ -22,7 +22,7 @@ closed socket never lingers in the loop's selector, where a later descriptor wit
 want it (an idle connection the upstream closed) is dropped from the set then.
 libcurl asks for "now" each time a transfer is added: `start()` runs libcurl at once instead of
 through the loop, so the request leaves in the same pass as the client's — unless the pass is
-busy (other callbacks wait): then one call at the pass's end sends every transfer started in it,
+busy (other callbacks wait): then one call queued behind them sends every transfer started,
 one `socket_action` for many instead of one each. Any other timeout keeps
 one loop timer, re-armed only when libcurl wants to be called earlier than it is set for: when it
 fires, libcurl is asked for its next timeout (firing early is harmless). For the same reason the
@@ -62,7 +62,7 @@ _WRITABLE = select.EPOLLOUT | select.EPOLLERR
 
 
 # More callbacks than this waiting in the loop's ready queue make a pass busy: transfers started in it
-# are sent by one libcurl call at the pass's end instead of one call each (issue 18's sixth round:
+# are sent by one libcurl call queued behind those callbacks instead of one call each (issue 18's sixth round:
 # 2,343 -> 2,854 req/s at 64 connections, one run; at one connection nothing waits and nothing changes).
 _BATCH_WHEN_QUEUED = 2
 
