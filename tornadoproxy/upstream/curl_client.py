@@ -42,6 +42,7 @@ from typing import Any
 
 import pycurl
 
+from tornadoproxy.upstream import loop_pass
 from tornadoproxy.upstream.curl_errors import failure_of
 from tornadoproxy.upstream.curl_handles import HandleState, cookie_share, prepare, release
 from tornadoproxy.upstream.idle_handles import IdleHandles
@@ -59,12 +60,6 @@ _EPOLL_EVENTS = {
 }
 _READABLE = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
 _WRITABLE = select.EPOLLOUT | select.EPOLLERR
-
-
-# More callbacks than this waiting in the loop's ready queue make a pass busy: transfers started in it
-# are sent by one libcurl call queued behind those callbacks instead of one call each (issue 18's sixth round:
-# 2,343 -> 2,854 req/s at 64 connections, one run; at one connection nothing waits and nothing changes).
-_BATCH_WHEN_QUEUED = 2
 
 
 class CurlClient:
@@ -314,7 +309,7 @@ class CurlClient:
                 self._starting = False
             kick = True
         if kick:
-            if len(getattr(self._loop, "_ready", ())) > _BATCH_WHEN_QUEUED:
+            if loop_pass.busy(self._loop):
                 # A busy pass: more requests are about to start; one libcurl call sends them all.
                 self._call_soon()
                 return

@@ -50,12 +50,10 @@ from tornado.httputil import (
 from tornado.log import app_log
 from tornado.web import Application, HTTPError, RequestHandler, _HandlerDelegate
 
+from tornadoproxy.upstream import loop_pass
+
 # The Content-Type tornado gives every response until a handler sets its own.
 _DEFAULT_CONTENT_TYPE = "text/html; charset=UTF-8"
-# At one connection one or two callbacks are queued as a body completes (the upstream socket's event,
-# the listener's); at 64 connections running every method ahead of a pass's other callbacks cost
-# 1.26x CPU per request natively although fewer instructions (cause not found): above this, a task.
-INLINE_QUEUED_AT_MOST = 2
 
 
 class _HttpDate:
@@ -165,7 +163,7 @@ class LeanHandlerDelegate(_HandlerDelegate):
         to await (serving.py), instead of a task of its own, unless the pass is busy (then finish());
         None when there is nothing to await."""
         loop = self.request.connection.stream.io_loop.asyncio_loop  # type: ignore[union-attr]
-        if len(getattr(loop, "_ready", ())) > INLINE_QUEUED_AT_MOST:
+        if loop_pass.busy(loop):
             self.finish()
             return None
         return self._method_due()
