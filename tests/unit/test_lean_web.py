@@ -12,7 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tornado.http1connection import HTTP1Connection
 from tornado.httpserver import HTTPServer
-from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine, format_timestamp
+from tornado.httputil import (
+    HTTPHeaders,
+    HTTPServerRequest,
+    RequestStartLine,
+    ResponseStartLine,
+    format_timestamp,
+)
 from tornado.netutil import bind_sockets
 from tornado.web import Application, HTTPError, RequestHandler, stream_request_body
 
@@ -57,6 +63,92 @@ def test_header_blocks_parse_as_tornado_parses_them(lines: list[str], leading: s
     assert _parsed(StrictHTTP1Connection._parse_headers, data) == _parsed(
         HTTP1Connection._parse_headers, data
     )
+
+
+class _WriteStream:
+    """Enough of an IOStream for write_headers: what was written, and a write that completes."""
+
+    max_buffer_size = 65536
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def closed(self) -> bool:
+        return False
+
+    def set_close_callback(self, callback: object) -> None:
+        pass
+
+    def write(self, data: bytes) -> asyncio.Future[None]:
+        self.written.append(data)
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def _written_head(
+    connection_class: type[HTTP1Connection],
+    request: tuple[str, str, str],
+    fields: list[tuple[str, Any]],
+    code: int,
+    disconnect: bool,
+    chunk: bytes,
+) -> tuple[object, ...]:
+    async def write() -> tuple[object, ...]:
+        connection = connection_class(_WriteStream(), is_client=False)  # type: ignore[arg-type]
+        connection._request_start_line = RequestStartLine(*request)
+        keep_alive = {"Connection": "keep-alive"} if request[2] == "HTTP/1.0" else {}
+        connection._request_headers = HTTPHeaders(keep_alive)
+        connection._disconnect_on_finish = disconnect
+        headers = HTTPHeaders()
+        for name, value in fields:
+            headers._as_list.setdefault(name, []).append(value)  # as the handler's header map holds them
+        try:
+            connection.write_headers(ResponseStartLine("", code, "OK"), headers, chunk)
+        except Exception as error:  # noqa: BLE001 - the kind of refusal is what is compared
+            return ("refused", type(error).__name__)
+        return (
+            connection.stream.written,  # type: ignore[attr-defined]
+            list(headers.get_all()),
+            connection._chunking_output,
+            connection._expected_content_remaining,
+        )
+
+    return asyncio.run(write())
+
+
+_HEAD_VALUE = st.one_of(
+    st.text(alphabet="aZ0 ;=,\r\n\xe9\xff\u20ac", max_size=8), st.binary(max_size=4), st.integers(0, 9)
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    request=st.sampled_from(
+        [("POST", "/v1/x", "HTTP/1.1"), ("HEAD", "/v1/x", "HTTP/1.1"), ("GET", "/", "HTTP/1.0")]
+    ),
+    fields=st.lists(
+        st.tuples(st.sampled_from(["Content-Type", "Content-Length", "X-A", "Connection"]), _HEAD_VALUE),
+        max_size=5,
+    ),
+    code=st.sampled_from([200, 101, 204, 304, 404, 502]),
+    disconnect=st.booleans(),
+    chunk=st.sampled_from([b"", b"{}", b"body"]),
+)
+def test_response_heads_are_written_as_tornado_writes_them(
+    request: tuple[str, str, str], fields: list[tuple[str, Any]], code: int, disconnect: bool, chunk: bytes
+) -> None:
+    ours = _written_head(StrictHTTP1Connection, request, fields, code, disconnect, chunk)
+    assert ours == _written_head(HTTP1Connection, request, fields, code, disconnect, chunk)
+
+
+def test_a_relayed_answers_head_is_written_in_one_piece() -> None:
+    fields = [("Content-Type", "application/json"), ("Content-Length", "2"), ("X-Request-Id", "r1")]
+    written = _written_head(StrictHTTP1Connection, ("POST", "/v1/x", "HTTP/1.1"), fields, 200, False, b"{}")
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nX-Request-Id: r1\r\n\r\n"
+    )
+    assert written == ([head + b"{}"], fields, False, 0)
 
 
 # The listener's header-end pattern as it was first written: lazy, one byte at a time.

@@ -15,6 +15,11 @@ A header block of plain fields (a token, a colon, a value of visible characters,
 CRLF: every request of a well-behaved client) is checked by one pattern and split without
 tornado's per-line checks (three patterns a field); any other block takes tornado's own parser,
 which accepts or refuses it as before. Both give the same HTTPHeaders (tests/unit/test_lean_web.py).
+
+A response head whose fields are all text is written in one join and one encode, its CR/LF check two
+counts over the joined text; tornado builds, encodes and searches each line apart (about 7 µs for a
+relayed answer's eight fields, against 2). Anything else (bytes values, a CR or LF in a field, a
+character outside Latin-1) takes tornado's own method, which writes it or raises its own error.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import asyncio
 import re
 
 from tornado import httputil
-from tornado.http1connection import HTTP1Connection
+from tornado.concurrent import Future, future_add_done_callback
+from tornado.http1connection import HTTP1Connection, parse_int
 from tornado.httputil import _normalize_header
 
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
@@ -53,6 +59,52 @@ class StrictHTTP1Connection(HTTP1Connection):
         if start_line.endswith(" HTTP/1.0") and "Transfer-Encoding" in headers:
             raise httputil.HTTPInputError("HTTP/1.0 with Transfer-Encoding")
         return start_line, headers
+
+    def write_headers(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+        chunk: bytes | None = None,
+    ) -> Future[None]:
+        """tornado's method for a response head, with the head built in one piece (see the module
+        docstring): the same framing decisions and header changes, in the same order, the same
+        futures. Where `_response_head` declines, tornado's method runs (its changes repeat ours)."""
+        request_line = self._request_start_line
+        if self.is_client or not isinstance(start_line, httputil.ResponseStartLine) or self.stream.closed():
+            return super().write_headers(start_line, headers, chunk)
+        assert request_line is not None and self._request_headers is not None
+        code, fields = start_line.code, headers._as_list
+        self._response_start_line = start_line
+        http11 = request_line.version == "HTTP/1.1"
+        self._chunking_output = (
+            http11
+            and request_line.method != "HEAD"
+            and code not in (204, 304)
+            and not 100 <= code < 200
+            and "Content-Length" not in fields
+        )
+        if http11 and self._disconnect_on_finish:
+            headers["Connection"] = "close"
+        keep_alive = self._request_headers.get("Connection", "").lower() == "keep-alive"
+        if request_line.version == "HTTP/1.0" and keep_alive:
+            headers["Connection"] = "Keep-Alive"
+        if self._chunking_output:
+            headers["Transfer-Encoding"] = "chunked"
+        if request_line.method == "HEAD" or code == 304:
+            self._expected_content_remaining = 0
+        elif "Content-Length" in fields:
+            self._expected_content_remaining = parse_int(headers["Content-Length"])
+        else:
+            self._expected_content_remaining = None
+        head = _response_head(start_line, fields)
+        if head is None:
+            return super().write_headers(start_line, headers, chunk)
+        future = self._write_future = Future()
+        if chunk:
+            head += self._format_chunk(chunk)
+        self._pending_write = self.stream.write(head)
+        future_add_done_callback(self._pending_write, self._on_write_complete)
+        return future
 
     async def _read_chunked_body(self, delegate: httputil.HTTPMessageDelegate) -> None:
         """The chunks' data to `delegate` in pieces of up to chunk_size (small chunks joined)."""
@@ -96,6 +148,23 @@ class StrictHTTP1Connection(HTTP1Connection):
             budget -= len(line)
             if _has_bare_lf(line[:-2]) or b":" not in line or line[:1] in (b" ", b"\t"):
                 raise httputil.HTTPInputError("malformed trailer field")
+
+
+def _response_head(start_line: httputil.ResponseStartLine, fields: dict[str, list[str]]) -> bytes | None:
+    """The status line and fields as tornado writes them, with the empty line; None when a value is
+    not text, or a CR or LF or a character outside Latin-1 is in the head."""
+    lines = [f"HTTP/1.1 {start_line.code:d} {start_line.reason}"]
+    try:
+        for name, values in fields.items():
+            for value in values:
+                lines.append(name + ": " + value)
+        text = "\r\n".join(lines)
+        breaks = len(lines) - 1  # the joins' own CR LF pairs; any other CR or LF is in a field
+        if text.count("\r") != breaks or text.count("\n") != breaks:
+            return None
+        return text.encode("latin-1") + b"\r\n\r\n"
+    except (TypeError, UnicodeEncodeError):
+        return None
 
 
 def _has_bare_lf(data: bytes) -> bool:
