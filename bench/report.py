@@ -39,6 +39,18 @@ def _per_event_us(r: Record) -> float | None:
     return r["sut_cpu_s"] * 1e6 / r["events"] if r.get("events") else None
 
 
+def _cpus_sut(r: Record) -> float | None:
+    return r["sut_cpu_s"] / r["wall_s"] if r.get("wall_s") else None
+
+
+def _cpus_rest(r: Record) -> float | None:
+    """Busy CPUs besides the system under test: with `--workers 2` the system shares cpu 1 with wrk
+    and the upstream, so what they take is what two workers cannot have."""
+    if not r.get("wall_s") or not r.get("cpu_busy"):
+        return None
+    return max(0.0, sum(r["cpu_busy"].values()) - r["sut_cpu_s"] / r["wall_s"])
+
+
 def _kb_per_stream(r: Record) -> float | None:
     """RSS growth over the streams offered (the hold test's streams are all open at once: see
     `SSE hold: SUT open fds at peak`, two per stream for a relay, one for the upstream)."""
@@ -58,6 +70,8 @@ METRICS = (
         0,
         "higher",
     ),
+    Metric("cpus_sut", "CPUs the system used under wrk @64 (its CPU s ÷ wall s)", "wrk", _cpus_sut, 2),
+    Metric("cpus_rest", "CPUs the rest used under wrk @64 (load, interrupts, others)", "wrk", _cpus_rest, 2),
     Metric("err", "wrk errors (non-2xx + socket)", "wrk", lambda r: _wrk_errors(r), 0),
     Metric("rss_idle", "RSS idle (MB)", "wrk", lambda r: r["sut_rss_start_kb"] / 1024, 0),
     Metric("rss_wrk", "RSS peak under wrk @64 (MB)", "wrk", lambda r: r["sut_rss_peak_kb"] / 1024, 0),
