@@ -25,7 +25,7 @@ from tornado.web import Application, HTTPError, RequestHandler, stream_request_b
 from tornadoproxy.web.app import _GatewayApplication, all_routes
 from tornadoproxy.web.framing import StrictHTTP1Connection, _has_bare_lf
 from tornadoproxy.web.handlers.routing import route_specs
-from tornadoproxy.web.lean_handler import LeanRequestHandler
+from tornadoproxy.web.lean_handler import LeanRequestHandler, LeanServerRequest
 from tornadoproxy.web.serving import HEADER_END as _HEADER_END
 
 
@@ -149,6 +149,46 @@ def test_a_relayed_answers_head_is_written_in_one_piece() -> None:
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nX-Request-Id: r1\r\n\r\n"
     )
     assert written == ([head + b"{}"], fields, False, 0)
+
+
+class _Context:
+    remote_ip, protocol = "192.0.2.7", "https"
+
+
+class _ServedConnection:
+    context = _Context()
+
+
+def _request_state(build: Any, start_line: RequestStartLine, hosts: list[str]) -> object:
+    headers = HTTPHeaders()
+    for host in hosts:
+        headers.add("Host", host)
+    try:
+        request = build(
+            connection=_ServedConnection(), server_connection=None, start_line=start_line, headers=headers
+        )
+    except Exception as error:  # noqa: BLE001 - the kind of refusal is what is compared
+        return "refused", type(error).__name__
+    state = dict(vars(request))
+    state["headers"] = list(state["headers"].get_all())
+    state["argument maps shared"] = request.arguments is request.query_arguments
+    del state["connection"], state["_start_time"]
+    return state
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    hosts=st.lists(
+        st.sampled_from(["127.0.0.1:8080", "Example.COM", "[::1]:80", "a,b", "", "x y", "é"]), max_size=2
+    ),
+    uri=st.sampled_from(["/platform/v1/chat/completions", "/p?a=1&b=&a=2", "/p?", "/p?%zz"]),
+    version=st.sampled_from(["HTTP/1.1", "HTTP/1.0"]),
+)
+def test_lean_requests_are_built_as_tornado_builds_them(hosts: list[str], uri: str, version: str) -> None:
+    start_line = RequestStartLine("POST", uri, version)
+    tornados = _request_state(HTTPServerRequest, start_line, hosts)
+    for _ in range(2):  # the second time from the remembered Host value, if the first accepted it
+        assert _request_state(LeanServerRequest, start_line, hosts) == tornados
 
 
 # The listener's header-end pattern as it was first written: lazy, one byte at a time.

@@ -6,18 +6,26 @@ timed and written to the access log.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
-from tornado.httputil import HTTPConnection, HTTPMessageDelegate, HTTPServerRequest
-from tornado.routing import _RoutingDelegate
+from tornado.httputil import (
+    HTTPConnection,
+    HTTPHeaders,
+    HTTPMessageDelegate,
+    HTTPServerRequest,
+    RequestStartLine,
+    ResponseStartLine,
+)
+from tornado.log import app_log
+from tornado.routing import _DefaultMessageDelegate, _RoutingDelegate
 from tornado.web import Application, RequestHandler, _HandlerDelegate, _has_stream_request_body
 
 from tornadoproxy.web.handlers import accounts, chatgpt, imitate, logins, ops, platform
 from tornadoproxy.web.handlers.base import RELAY_METHODS, BaseHandler
 from tornadoproxy.web.handlers.ops import NotFoundHandler
 from tornadoproxy.web.handlers.routing import Route, fixed_paths, route_specs
-from tornadoproxy.web.lean_handler import LeanHandlerDelegate, LeanRequestHandler
+from tornadoproxy.web.lean_handler import LeanHandlerDelegate, LeanRequestHandler, LeanServerRequest
 from tornadoproxy.web.services import Services
 
 _KNOWN_METHODS = frozenset(RELAY_METHODS + ("OPTIONS",))
@@ -62,8 +70,20 @@ class _GatewayApplication(Application):
 
 
 class _InlineRouting(_RoutingDelegate):
-    """tornado's routing delegate, passing on the handler delegate's `finish_inline` (serving.py runs
-    the request method in the connection's task)."""
+    """tornado's routing delegate, with the request built as a LeanServerRequest (lean_handler.py),
+    passing on the handler delegate's `finish_inline` (serving.py runs the request method in the
+    connection's task)."""
+
+    def headers_received(
+        self, start_line: RequestStartLine | ResponseStartLine, headers: HTTPHeaders
+    ) -> Awaitable[None] | None:
+        assert isinstance(start_line, RequestStartLine)
+        request = LeanServerRequest(self.request_conn, self.server_conn, start_line, headers)
+        self.delegate = self.router.find_handler(request)
+        if self.delegate is None:
+            app_log.debug("Delegate for %s %s request not found", start_line.method, start_line.path)
+            self.delegate = _DefaultMessageDelegate(self.request_conn)
+        return self.delegate.headers_received(start_line, headers)
 
     def finish_inline(self) -> Coroutine[Any, Any, None] | None:
         delegate = self.delegate

@@ -24,6 +24,12 @@ completes runs none either (on_connection_close ends the request).
 `start_task_now` relies on asyncio's own loop (3.11's `_ready` queue, `_enter_task`/`_leave_task`);
 on any other loop the step is left scheduled, as before.
 
+LeanServerRequest is tornado's HTTPServerRequest for a request with one Host field and no query string
+(every relayed request of an OpenAI client): the Host value's check and split are remembered for the
+values seen (a bounded map), and the argument maps start empty instead of parsed from an empty query
+and deep-copied (about 2.5 of tornado's 4.8 µs). Any other request is built by tornado's constructor,
+which accepts or refuses it as before.
+
 Limits: no template rendering (`render()`, `self.ui`) and none of tornado's template or static-file
 cache resets per request, which no handler of the gateway uses. The private names used here are
 those of tornado 6.6's RequestHandler, _HandlerDelegate and HTTPHeaders (setup.py pins tornado to
@@ -74,6 +80,48 @@ class _HttpDate:
 
 
 _DATE = _HttpDate()
+
+
+# Host values already checked, with their host name; at most this many are remembered.
+MAX_HOSTS = 256
+_host_names: dict[str, str] = {}
+
+
+class LeanServerRequest(HTTPServerRequest):
+    """HTTPServerRequest with the shortcut above for a request with one Host field and no query."""
+
+    def __init__(
+        self, connection: Any, server_connection: object, start_line: RequestStartLine, headers: HTTPHeaders
+    ) -> None:
+        hosts = headers._as_list.get("Host")
+        host_name = _host_names.get(hosts[0]) if hosts is not None and len(hosts) == 1 else None
+        if host_name is None or "?" in start_line.path:
+            super().__init__(
+                connection=connection,
+                server_connection=server_connection,
+                start_line=start_line,
+                headers=headers,
+            )
+            if hosts is not None and len(hosts) == 1 and len(_host_names) < MAX_HOSTS:
+                _host_names[hosts[0]] = self.host_name  # tornado's constructor accepted it
+            return
+        self.method, self.uri, self.version = start_line
+        self.headers = headers
+        self.body = b""
+        context = getattr(connection, "context", None)
+        self.remote_ip = getattr(context, "remote_ip", None)
+        self.protocol = getattr(context, "protocol", "http")
+        self.host = hosts[0]  # type: ignore[index]
+        self.host_name = host_name
+        self.files = {}
+        self.connection = connection
+        self.server_connection = server_connection
+        self._start_time = time.time()
+        self._finish_time = None
+        self.path, self.query = start_line.path, ""
+        self.arguments = {}
+        self.query_arguments = {}
+        self.body_arguments = {}
 
 
 class LeanRequestHandler(RequestHandler):
