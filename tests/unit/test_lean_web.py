@@ -35,7 +35,8 @@ def _parsed(parse: Any, data: bytes) -> tuple[str, object]:
         start_line, headers = parse(connection, data)
     except Exception as error:  # noqa: BLE001 - the kind of refusal is what is compared
         return "refused", type(error).__name__
-    return start_line, (list(headers.get_all()), {name: headers[name] for name in headers})
+    looked_up = {name: headers.get(name, "-") for name in ("Host", "x-a", "X-Absent", "set-cookie")}
+    return start_line, (list(headers.get_all()), {name: headers[name] for name in headers}, looked_up)
 
 
 _FIELD_TEXT = st.text(alphabet='aZ-_:; \t\r\x7f\x80\xe9\xff!~,="', max_size=12)

@@ -14,7 +14,10 @@ Leading empty lines before a request line are skipped by the listener's stream (
 A header block of plain fields (a token, a colon, a value of visible characters, spaces and tabs,
 CRLF: every request of a well-behaved client) is checked by one pattern and split without
 tornado's per-line checks (three patterns a field); any other block takes tornado's own parser,
-which accepts or refuses it as before. Both give the same HTTPHeaders (tests/unit/test_lean_web.py).
+which accepts or refuses it as before. Both give the same HTTPHeaders (tests/unit/test_lean_web.py);
+the split block's `get` answers a missing field without raising and catching a KeyError, as the
+mapping's own `get` does (0.75 against 0.2 µs; a request looks up several absent fields:
+X-Forwarded-For, Expect, Origin, ...).
 
 A response head whose fields are all text is written in one join and one encode, its CR/LF check two
 counts over the joined text; tornado builds, encodes and searches each line apart (about 7 µs for a
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 from tornado import httputil
 from tornado.concurrent import Future, future_add_done_callback
@@ -85,8 +89,7 @@ class StrictHTTP1Connection(HTTP1Connection):
         )
         if http11 and self._disconnect_on_finish:
             headers["Connection"] = "close"
-        keep_alive = self._request_headers.get("Connection", "").lower() == "keep-alive"
-        if request_line.version == "HTTP/1.0" and keep_alive:
+        if request_line.version == "HTTP/1.0" and self._asks_keep_alive():
             headers["Connection"] = "Keep-Alive"
         if self._chunking_output:
             headers["Transfer-Encoding"] = "chunked"
@@ -105,6 +108,10 @@ class StrictHTTP1Connection(HTTP1Connection):
         self._pending_write = self.stream.write(head)
         future_add_done_callback(self._pending_write, self._on_write_complete)
         return future
+
+    def _asks_keep_alive(self) -> bool:
+        assert self._request_headers is not None
+        return self._request_headers.get("Connection", "").lower() == "keep-alive"
 
     async def _read_chunked_body(self, delegate: httputil.HTTPMessageDelegate) -> None:
         """The chunks' data to `delegate` in pieces of up to chunk_size (small chunks joined)."""
@@ -173,10 +180,23 @@ def _has_bare_lf(data: bytes) -> bool:
     return data.count(b"\n") != data.count(b"\r\n")
 
 
+class _RequestHeaders(httputil.HTTPHeaders):
+    """HTTPHeaders with a `get` that finds a missing field without an exception."""
+
+    def get(self, name: str, default: Any = None) -> Any:
+        normalised = _normalize_header(name)
+        combined = self._combined_cache.get(normalised)
+        if combined is not None:
+            return combined
+        if normalised in self._as_list:
+            return self[normalised]
+        return default
+
+
 def _plain_headers(fields: str) -> httputil.HTTPHeaders:
     """The HTTPHeaders of fields `_PLAIN_BLOCK` accepted (`Name: value` lines, each ending in CRLF),
     as tornado's parser builds them."""
-    headers = httputil.HTTPHeaders()
+    headers = _RequestHeaders()
     lists = headers._as_list
     for line in fields.split("\r\n")[:-1]:
         name, _, value = line.partition(":")
