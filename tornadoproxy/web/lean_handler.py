@@ -94,16 +94,17 @@ class LeanServerRequest(HTTPServerRequest):
         self, connection: Any, server_connection: object, start_line: RequestStartLine, headers: HTTPHeaders
     ) -> None:
         hosts = headers._as_list.get("Host")
-        host_name = _host_names.get(hosts[0]) if hosts is not None and len(hosts) == 1 else None
-        if host_name is None or "?" in start_line.path:
+        host = hosts[0] if hosts is not None and len(hosts) == 1 else None
+        host_name = _host_names.get(host) if host is not None else None
+        if host is None or host_name is None or "?" in start_line.path:
             super().__init__(
                 connection=connection,
                 server_connection=server_connection,
                 start_line=start_line,
                 headers=headers,
             )
-            if hosts is not None and len(hosts) == 1 and len(_host_names) < MAX_HOSTS:
-                _host_names[hosts[0]] = self.host_name  # tornado's constructor accepted it
+            if host is not None and host_name is None and len(_host_names) < MAX_HOSTS:
+                _host_names[host] = self.host_name  # tornado's constructor accepted it
             return
         self.method, self.uri, self.version = start_line
         self.headers = headers
@@ -111,7 +112,7 @@ class LeanServerRequest(HTTPServerRequest):
         context = getattr(connection, "context", None)
         self.remote_ip = getattr(context, "remote_ip", None)
         self.protocol = getattr(context, "protocol", "http")
-        self.host = hosts[0]  # type: ignore[index]
+        self.host = host
         self.host_name = host_name
         self.files = {}
         self.connection = connection
